@@ -1,0 +1,89 @@
+"""Checkpoints that carry their own config: `load_model(path)` rebuilds a model from one file.
+
+A checkpoint is a plain dict (loadable with `torch.load(weights_only=True)`): the registered model
+name, its config dataclass as a dict, the tuners applied to it (replayed before the weights are
+loaded), the state dict and free-form `extra` metadata (training config, calibration, ...).
+"""
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightsv.errors import CheckpointError, ConfigError
+from lightsv.models import MODELS, build_model
+from lightsv.tuners import replay
+import lightsv.transform  # noqa: F401  (registers the "transform" tuner for replay)
+
+FORMAT = "lightsv-checkpoint"
+VERSION = 1
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
+    """Write `model` and `extra` to `path` atomically (an existing file is replaced only once the new one is complete)."""
+    name = getattr(model, "model_name", None)
+    if name not in MODELS or not dataclasses.is_dataclass(getattr(model, "config", None)):
+        raise CheckpointError("only models made by lightsv.build_model can be saved (need model_name and config)")
+    checkpoint = {
+        "format": FORMAT, "version": VERSION, "model": name,
+        "config": dataclasses.asdict(model.config),
+        "tuners": list(getattr(model, "tuners", [])),
+        "state_dict": model.state_dict(), "extra": extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dict at `path`, validated; raises CheckpointError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, unsafe globals)
+        raise CheckpointError(f"{path}: not a lightsv checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a lightsv checkpoint (no '{FORMAT}' marker)")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r}, this lightsv reads {VERSION}")
+    return checkpoint
+
+
+def load_model(path: str | os.PathLike, *, return_extra: bool = False):
+    """Rebuild the model stored at `path` (eval mode). With `return_extra`, also return its metadata."""
+    checkpoint = read_checkpoint(path)
+    try:
+        model = build_model(checkpoint["model"], **checkpoint["config"])
+        model = replay(model, checkpoint.get("tuners", []))
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"{path}: config does not build a model: {err}") from None
+    missing, unexpected, wrong = _compare(model.state_dict(), checkpoint["state_dict"])
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{path}: weights do not match its config ({detail})")
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return (model, checkpoint.get("extra", {})) if return_extra else model
+
+
+def _compare(expected: dict, found: dict) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in found and getattr(found[k], "shape", None) != v.shape]
+    return missing, unexpected, wrong

@@ -1,0 +1,142 @@
+"""Install an optional extra into the current interpreter: ``python -m lightsv.extras speechbrain``.
+
+torch is never replaced: pip runs with ``-c`` pinning the torch already installed (plus the repo's
+constraints.txt when run from a checkout). torchaudio on the registry is a CUDA build whose compiled
+``torchaudio/lib/*.so`` fail to load on a CPU-only machine; when ``import torchaudio`` fails, those
+files are removed (torchaudio then runs on its pure-Python parts, which is all speechbrain's
+ECAPA-TDNN needs). Running it again is a no-op that still verifies. Exit code 2 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import importlib.util
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Mirrors [project.optional-dependencies] in pyproject.toml.
+EXTRAS: dict[str, list[str]] = {"speechbrain": ["speechbrain>=1.0", "torchaudio"]}
+# Code run in a fresh interpreter to prove the extra works.
+CHECKS: dict[str, str] = {
+    "speechbrain": "import speechbrain\nfrom speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN\n"
+    "import torch, torchaudio\nprint(f'torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
+    "speechbrain {speechbrain.__version__}')",
+}
+
+
+class ExtrasError(Exception):
+    """A step failed; the message is one line."""
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def _constraint_files(tmpdir: Path) -> list[Path]:
+    """The installed torch, pinned exactly, plus constraints.txt of the repo checkout if present."""
+    try:
+        torch_version = md.version("torch")
+    except md.PackageNotFoundError:
+        raise ExtrasError("torch is not installed in this interpreter; install lightsv first") from None
+    pin = tmpdir / "torch-pin.txt"
+    pin.write_text(f"torch=={torch_version}\n")
+    files = [pin]
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "constraints.txt").is_file():
+        files.append(root / "constraints.txt")
+    return files
+
+
+def _satisfied(requirements: list[str]) -> bool:
+    """True when every requirement is installed at an acceptable version."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # name-only check; pip itself is the fallback judge
+        Requirement = None
+    for req in requirements:
+        name = Requirement(req).name if Requirement else re.match(r"[A-Za-z0-9._-]+", req).group(0)
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            return False
+        if Requirement and not Requirement(req).specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
+def _pip_install(requirements: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "install"]
+        for f in _constraint_files(Path(tmp)):
+            cmd += ["-c", str(f)]
+        cmd += requirements
+        print("running:", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ExtrasError(f"pip install failed (exit {proc.returncode}): {_last_line(proc.stderr or proc.stdout)}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("Successfully installed"):
+            print(line)
+
+
+def _make_torchaudio_importable() -> None:
+    """Remove torchaudio's compiled libraries when they stop ``import torchaudio`` (CUDA build on CPU)."""
+    proc = _run_python("import torchaudio")
+    if proc.returncode == 0:
+        return
+    spec = importlib.util.find_spec("torchaudio")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ExtrasError(f"torchaudio is not installed: {_last_line(proc.stderr)}")
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    libs = sorted(lib_dir.glob("*.so"))
+    if not libs:
+        raise ExtrasError(f"import torchaudio fails and {lib_dir} holds no .so to remove: {_last_line(proc.stderr)}")
+    print(f"import torchaudio failed ({_last_line(proc.stderr)}); removing its compiled libraries:")
+    for lib in libs:
+        lib.unlink()
+        print(f"  removed {lib}")
+    proc = _run_python("import torchaudio")
+    if proc.returncode != 0:
+        raise ExtrasError(f"import torchaudio still fails: {_last_line(proc.stderr)}")
+
+
+def install(extra: str) -> None:
+    if extra not in EXTRAS:
+        raise ExtrasError(f"unknown extra {extra!r}; known: {', '.join(sorted(EXTRAS))}")
+    requirements = EXTRAS[extra]
+    if _satisfied(requirements):
+        print(f"{extra}: already installed ({', '.join(requirements)})")
+    else:
+        _pip_install(requirements)
+    proc = _run_python(CHECKS[extra])
+    if proc.returncode != 0 and "torchaudio" in requirements:
+        _make_torchaudio_importable()
+        proc = _run_python(CHECKS[extra])
+    if proc.returncode != 0:
+        raise ExtrasError(f"{extra} installed but does not import: {_last_line(proc.stderr)}")
+    print(f"{extra}: ok ({_last_line(proc.stdout)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightsv.extras", description=__doc__.splitlines()[0])
+    parser.add_argument("extra", choices=sorted(EXTRAS), help="the optional extra to install")
+    args = parser.parse_args(argv)
+    try:
+        install(args.extra)
+    except ExtrasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

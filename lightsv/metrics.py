@@ -1,0 +1,280 @@
+"""Speaker-verification metrics: EER, minDCF, DET curves, bootstrap CIs and the ASVspoof t-DCF.
+
+Conventions: a higher score means "more likely target" (or "more bona fide" for CM scores), a trial
+is accepted when ``score >= threshold``, and every error rate is computed over the *distinct*
+scores, so trials with tied scores are always accepted or rejected together. Splitting a tie (as
+the sort-and-cumsum scripts in Kaldi or the ASVspoof packages do) makes the result depend on the
+order of the trials in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+from lightsv.errors import ScoresError
+
+__all__ = [
+    "COST_MODEL_2019",
+    "COST_MODEL_2021",
+    "TDCF2019Cost",
+    "TDCF2021Cost",
+    "det_curve",
+    "eer",
+    "eer_ci",
+    "eer_threshold",
+    "min_dcf",
+    "probit",
+    "t_dcf",
+    "threshold_at_far",
+]
+
+
+# ----------------------------------------------------------------------------- input checking
+
+
+def _as_scores(scores, name: str = "scores") -> np.ndarray:
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ScoresError(f"{name} must be numbers: {exc}") from None
+    if arr.ndim != 1:
+        raise ScoresError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ScoresError(f"{name} is empty")
+    if not np.isfinite(arr).all():
+        raise ScoresError(f"{name} contains {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)")
+    return arr
+
+
+def _split(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Check a (scores, labels) pair and return (target scores, non-target scores)."""
+    scores = _as_scores(scores)
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ScoresError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if labels.size != scores.size:
+        raise ScoresError(f"{scores.size} scores but {labels.size} labels")
+    # np.isin compares by value, so bools, ints and floats 0/1 all pass and strings or NaN do not.
+    if labels.dtype.kind not in "biuf" or not np.isin(labels, (0, 1)).all():
+        bad = sorted({str(v) for v in labels.tolist()} - {"0", "1", "0.0", "1.0", "True", "False"})
+        raise ScoresError(f"labels must be 0 (non-target) or 1 (target), found {bad[:3]}")
+    is_target = labels.astype(bool)
+    tar, non = scores[is_target], scores[~is_target]
+    if tar.size == 0:
+        raise ScoresError("no target trials (every label is 0)")
+    if non.size == 0:
+        raise ScoresError("no non-target trials (every label is 1)")
+    return tar, non
+
+
+# ----------------------------------------------------------------------------- ROC / DET
+
+
+def _counts(tar: np.ndarray, non: np.ndarray):
+    """Thresholds (every distinct score, then +inf) with the number of misses and false alarms.
+
+    The lowest distinct score already accepts every trial, so with the +inf point both extremes
+    are present without a duplicated point.
+    """
+    thresholds = np.append(np.unique(np.concatenate([tar, non])), np.inf)
+    # searchsorted(side="left") counts the scores strictly below each threshold: exactly the
+    # rejected ones under "accept if score >= threshold", with ties kept on the same side.
+    n_miss = np.searchsorted(np.sort(tar), thresholds, side="left")
+    n_fa = non.size - np.searchsorted(np.sort(non), thresholds, side="left")
+    return thresholds, n_miss, n_fa
+
+
+def _rates(tar: np.ndarray, non: np.ndarray):
+    """(fpr, fnr, thresholds), ascending in threshold."""
+    thresholds, n_miss, n_fa = _counts(tar, non)
+    return n_fa / non.size, n_miss / tar.size, thresholds
+
+
+def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, false-negative rate and threshold, ascending in threshold.
+
+    Point ``i`` accepts the trials with ``score >= thresholds[i]``; the first point accepts
+    everything (fpr 1, fnr 0) and the last threshold is ``+inf`` (fpr 0, fnr 1).
+    """
+    return _rates(*_split(scores, labels))
+
+
+def probit(p, eps: float = 1e-6):
+    """Normal deviate of a rate, the axis warp of a DET plot; clipped so 0 and 1 stay finite."""
+    return norm.ppf(np.clip(p, eps, 1.0 - eps))
+
+
+def _eer_crossing(tar: np.ndarray, non: np.ndarray):
+    """Thresholds, fnr, fpr and the gap fnr - fpr scaled by n_tar*n_non, plus the crossing index j.
+
+    The scaled gap is an exact integer, so the crossing and the "which side is nearer" choice
+    cannot be flipped by rounding when the two sides are equally near (common with round sizes).
+    It rises strictly from -n_tar*n_non to +n_tar*n_non, so j (the first point with fnr >= fpr)
+    is at least 1 and the crossing lies on the segment from j-1 to j.
+    """
+    thresholds, n_miss, n_fa = _counts(tar, non)
+    gap = n_miss * non.size - n_fa * tar.size
+    j = int(np.argmax(gap >= 0))
+    return thresholds, n_miss / tar.size, n_fa / non.size, gap, j
+
+
+def _eer(tar: np.ndarray, non: np.ndarray) -> float:
+    _, fnr, _, gap, j = _eer_crossing(tar, non)
+    # Walking the straight ROC segment between the two points (a randomised choice between their
+    # thresholds) gives an operating point where the two rates are exactly equal.
+    s = -gap[j - 1] / (gap[j] - gap[j - 1])
+    return float(100.0 * (fnr[j - 1] + s * (fnr[j] - fnr[j - 1])))
+
+
+def eer(scores, labels) -> float:
+    """Equal error rate in percent, interpolated where the miss and false-alarm rates cross."""
+    return _eer(*_split(scores, labels))
+
+
+def _eer_threshold(tar: np.ndarray, non: np.ndarray) -> float:
+    thresholds, _, _, gap, j = _eer_crossing(tar, non)
+    # Of the two points around the crossing, the one whose rates are closer; on a tie the lower
+    # threshold, which is always a real score (never the +inf reject-everything point).
+    return float(thresholds[j] if abs(gap[j]) < abs(gap[j - 1]) else thresholds[j - 1])
+
+
+def eer_threshold(scores, labels) -> float:
+    """A score threshold at the EER: of the ROC points around the crossing, the one nearer to it.
+
+    It is an actual score, so ``score >= threshold`` reproduces that point's error rates (which
+    differ from the interpolated EER by at most one ROC step).
+    """
+    return _eer_threshold(*_split(scores, labels))
+
+
+def min_dcf(scores, labels, p_target: float = 0.01, c_miss: float = 1, c_fa: float = 1) -> float:
+    """Normalised minimum detection cost (NIST SRE / Kaldi ``compute_min_dcf.py`` definition)."""
+    fpr, fnr, _ = _rates(*_split(scores, labels))
+    cost = c_miss * p_target * fnr + c_fa * (1.0 - p_target) * fpr
+    # Normalising by the cost of the better trivial system (accept all or reject all) means 1.0 is
+    # "no better than not looking at the scores"; both trivial points are among the thresholds.
+    return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def threshold_at_far(scores, labels, far: float) -> float:
+    """Lowest threshold (among the distinct scores and +inf) with non-target accept rate <= far.
+
+    ``far`` is a fraction. Any threshold between the returned one and the next lower score would
+    give the same rates on these trials; the returned one is the conservative end. It is +inf
+    when only rejecting everything meets ``far`` (e.g. far=0 and the top score is a non-target).
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ScoresError(f"far must be a fraction in [0, 1], got {far}")
+    fpr, _, thresholds = _rates(*_split(scores, labels))
+    # fpr never rises with the threshold and ends at 0, so the first hit exists and is the lowest.
+    return float(thresholds[np.argmax(fpr <= far)])
+
+
+def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap ``(1 - alpha)`` confidence interval of the EER, in percent.
+
+    Targets and non-targets are resampled separately so every replicate keeps the original class
+    sizes (and never loses a class).
+    """
+    if n_boot < 1:
+        raise ScoresError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ScoresError(f"alpha must be in (0, 1), got {alpha}")
+    tar, non = _split(scores, labels)
+    rng = np.random.default_rng(seed)
+    boot = [
+        _eer(rng.choice(tar, tar.size, replace=True), rng.choice(non, non.size, replace=True))
+        for _ in range(n_boot)
+    ]
+    low, high = np.quantile(boot, [alpha / 2, 1.0 - alpha / 2])
+    return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------- t-DCF
+
+
+@dataclass(frozen=True)
+class TDCF2019Cost:
+    """ASVspoof 2019 t-DCF cost model (Kinnunen et al., Odyssey 2018); priors must sum to 1."""
+
+    p_spoof: float = 0.05
+    p_tar: float = (1 - 0.05) * 0.99
+    p_non: float = (1 - 0.05) * 0.01
+    c_miss_asv: float = 1.0
+    c_fa_asv: float = 10.0
+    c_miss_cm: float = 1.0
+    c_fa_cm: float = 10.0
+
+
+@dataclass(frozen=True)
+class TDCF2021Cost:
+    """Revised t-DCF cost model of ASVspoof 2021 (Kinnunen et al., TASLP 2020); priors sum to 1."""
+
+    p_spoof: float = 0.05
+    p_tar: float = (1 - 0.05) * 0.99
+    p_non: float = (1 - 0.05) * 0.01
+    c_miss: float = 1.0
+    c_fa: float = 10.0
+    c_fa_spoof: float = 10.0
+
+
+COST_MODEL_2019 = TDCF2019Cost()
+COST_MODEL_2021 = TDCF2021Cost()
+_COST_TYPES = {"2019": TDCF2019Cost, "2021": TDCF2021Cost}
+
+
+def t_dcf(
+    bonafide_cm,
+    spoof_cm,
+    asv_target,
+    asv_nontarget,
+    asv_spoof,
+    version: str = "2019",
+    cost_model: TDCF2019Cost | TDCF2021Cost | None = None,
+) -> float:
+    """Minimum normalised tandem detection cost of a CM in front of a fixed ASV system.
+
+    As in the ASVspoof challenges the ASV threshold is its EER threshold (``eer_threshold`` of
+    target vs non-target ASV scores), and the minimum is over all CM thresholds. ``version``
+    picks the 2019 (legacy) or 2021 (revised) formula; ``cost_model`` defaults to that version's
+    ``COST_MODEL_*`` and must be of the matching type. CM scores: higher = more bona fide.
+    """
+    version = str(version)
+    if version not in _COST_TYPES:
+        raise ValueError(f"t-DCF version must be '2019' or '2021', got {version!r}")
+    cost = _COST_TYPES[version]() if cost_model is None else cost_model
+    if not isinstance(cost, _COST_TYPES[version]):
+        raise ValueError(f"t-DCF version {version} needs a {_COST_TYPES[version].__name__}, got {type(cost).__name__}")
+    if min(cost.p_tar, cost.p_non, cost.p_spoof) < 0 or abs(cost.p_tar + cost.p_non + cost.p_spoof - 1) > 1e-10:
+        raise ValueError("t-DCF priors p_tar, p_non, p_spoof must be non-negative and sum to 1")
+
+    bona, spoof = _as_scores(bonafide_cm, "bona fide CM scores"), _as_scores(spoof_cm, "spoof CM scores")
+    tar, non = _as_scores(asv_target, "ASV target scores"), _as_scores(asv_nontarget, "ASV non-target scores")
+    spoof_asv = _as_scores(asv_spoof, "ASV spoof scores")
+
+    thr = _eer_threshold(tar, non)
+    pfa_asv, pmiss_asv = np.mean(non >= thr), np.mean(tar < thr)
+    pfa_spoof_asv = np.mean(spoof_asv >= thr)
+    pfa_cm, pmiss_cm, _ = _rates(bona, spoof)
+
+    if version == "2019":
+        c1 = cost.p_tar * (cost.c_miss_cm - cost.c_miss_asv * pmiss_asv) - cost.p_non * cost.c_fa_asv * pfa_asv
+        c2 = cost.c_fa_cm * cost.p_spoof * pfa_spoof_asv  # = (1 - Pmiss_spoof_asv)
+        c0 = 0.0
+    else:
+        c0 = cost.p_tar * cost.c_miss * pmiss_asv + cost.p_non * cost.c_fa * pfa_asv
+        c1 = cost.p_tar * cost.c_miss - c0
+        c2 = cost.p_spoof * cost.c_fa_spoof * pfa_spoof_asv
+    # The official packages refuse negative weights too: they only arise from an ASV system worse
+    # than chance, where the t-DCF has no meaning.
+    if c1 < 0 or c2 < 0:
+        raise ScoresError(f"t-DCF weights are negative (C1={c1:.4g}, C2={c2:.4g}): is the ASV system reversed?")
+    # The normaliser is the cost of the better trivial CM (pass everything or block everything).
+    default = c0 + min(c1, c2)
+    if default <= 0:
+        raise ScoresError("t-DCF is undefined: the ASV system alone already makes no costly error "
+                          "(e.g. it rejects every spoof), so there is nothing for a CM to improve")
+    return float(np.min(c0 + c1 * pmiss_cm + c2 * pfa_cm) / default)

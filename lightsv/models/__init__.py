@@ -1,0 +1,35 @@
+"""Speaker embedding backbones. Every model: `forward(feats[B, T, F], lengths=None) -> emb[B, D]`."""
+
+from collections.abc import Callable
+
+from torch import nn
+
+from lightsv.errors import ConfigError
+from lightsv.models.amcrn import Amcrn, AmcrnConfig, amcrn, amcrn_small
+from lightsv.models.ecapa import EcapaConfig, EcapaTdnn, ecapa_tdnn, ecapa_tdnn_1024, ecapa_tdnn_small
+from lightsv.models.resnet import ResNet, ResNetConfig, resnet18, resnet34
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "ecapa_tdnn": ecapa_tdnn,
+    "ecapa_tdnn_1024": ecapa_tdnn_1024,
+    "ecapa_tdnn_small": ecapa_tdnn_small,
+    "resnet34": resnet34,
+    "resnet18": resnet18,
+    "amcrn": amcrn,
+    "amcrn_small": amcrn_small,
+}
+
+
+def build_model(name: str, **options) -> nn.Module:
+    """Build a registered backbone; `options` override fields of its config dataclass."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    try:
+        model = MODELS[name](**options)
+    except TypeError as err:
+        raise ConfigError(f"bad options for model {name!r}: {err}") from None
+    model.model_name = name
+    return model
+
+
+__all__ = ["MODELS", "build_model", "Amcrn", "AmcrnConfig", "EcapaConfig", "EcapaTdnn", "ResNet", "ResNetConfig"]

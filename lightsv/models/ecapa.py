@@ -1,0 +1,131 @@
+"""ECAPA-TDNN (Desplanques et al., Interspeech 2020): SE-Res2 blocks, multi-layer feature
+aggregation and channel-wise attentive statistics pooling.
+
+Blocks take `(x[B, C, T], mask=None)` and never store channel counts used in `forward`, so the
+transformation module can build narrow copies of them.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightsv.models.pooling import AttentiveStatsPool, frame_mask
+
+
+@dataclass
+class EcapaConfig:
+    feat_dim: int = 80
+    channels: int = 512
+    embed_dim: int = 192
+    scale: int = 8
+    se_channels: int = 128
+    attention_channels: int = 128
+    mfa_channels: int = 1536
+
+
+class ConvBlock(nn.Module):
+    """A TDNN layer: dilated 1-D convolution, ReLU, batch norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation,
+                              padding=dilation * (kernel_size - 1) // 2)
+        self.norm = nn.BatchNorm1d(out_channels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.norm(torch.relu(self.conv(x)))
+        # batch norm shifts padded frames away from zero; the next convolution would read them
+        return y if mask is None else y * mask
+
+
+class Res2Conv(nn.Module):
+    """Res2Net hierarchy: chunk i is convolved after adding chunk i-1's output, growing the receptive field."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int):
+        super().__init__()
+        self.scale = scale  # a number of chunks, not channels: narrow copies keep it
+        width = channels // scale
+        self.convs = nn.ModuleList(ConvBlock(width, width, kernel_size, dilation) for _ in range(scale - 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        chunks = torch.chunk(x, self.scale, dim=1)
+        outputs, y = [], None
+        for i, conv in enumerate(self.convs):
+            y = conv(chunks[i] if y is None else y + chunks[i], mask=mask)
+            outputs.append(y)
+        return torch.cat(outputs + [chunks[-1]], dim=1)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gates from the utterance mean over valid frames."""
+
+    def __init__(self, channels: int, bottleneck: int):
+        super().__init__()
+        self.reduce = nn.Conv1d(channels, bottleneck, 1)
+        self.expand = nn.Conv1d(bottleneck, channels, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
+        s = (x * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(s))))
+
+
+class SERes2Block(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int,
+                 scale: int, se_channels: int):
+        super().__init__()
+        self.conv_in = ConvBlock(in_channels, out_channels, 1)
+        self.res2 = Res2Conv(out_channels, kernel_size, dilation, scale)
+        self.conv_out = ConvBlock(out_channels, out_channels, 1)
+        self.se = SqueezeExcite(out_channels, se_channels)
+        self.shortcut = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.conv_out(self.res2(self.conv_in(x, mask=mask), mask=mask), mask=mask)
+        return self.se(y, mask) + self.shortcut(x)
+
+
+class EcapaTdnn(nn.Module):
+    # Blocks the transformation module wraps by default: every convolutional stage, the aggregation
+    # layer (the largest single layer), the attentive pooling and the embedding projection.
+    transform_targets = (r"layer[1-4]", "mfa", "pool", "embed")
+
+    def __init__(self, config: EcapaConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.feat_dim, self.embed_dim = c.feat_dim, c.embed_dim
+        self.layer1 = ConvBlock(c.feat_dim, c.channels, kernel_size=5)
+        self.layer2 = SERes2Block(c.channels, c.channels, 3, 2, c.scale, c.se_channels)
+        self.layer3 = SERes2Block(c.channels, c.channels, 3, 3, c.scale, c.se_channels)
+        self.layer4 = SERes2Block(c.channels, c.channels, 3, 4, c.scale, c.se_channels)
+        self.mfa = ConvBlock(3 * c.channels, c.mfa_channels, 1)
+        self.pool = AttentiveStatsPool(c.mfa_channels, c.attention_channels)
+        self.pool_norm = nn.BatchNorm1d(2 * c.mfa_channels)
+        self.embed = nn.Linear(2 * c.mfa_channels, c.embed_dim, bias=False)  # embed_norm recentres it
+        self.embed_norm = nn.BatchNorm1d(c.embed_dim)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = feats.transpose(1, 2)
+        mask = frame_mask(lengths, x)
+        out1 = self.layer1(x * mask, mask=mask) * mask
+        out2 = self.layer2(out1, mask=mask) * mask
+        out3 = self.layer3(out2, mask=mask) * mask
+        out4 = self.layer4(out3, mask=mask) * mask
+        x = self.mfa(torch.cat([out2, out3, out4], dim=1), mask=mask) * mask
+        x = self.pool_norm(self.pool(x, mask=mask))
+        return self.embed_norm(self.embed(x))
+
+
+def ecapa_tdnn(**options) -> EcapaTdnn:
+    return EcapaTdnn(EcapaConfig(**{"channels": 512, **options}))
+
+
+def ecapa_tdnn_1024(**options) -> EcapaTdnn:
+    return EcapaTdnn(EcapaConfig(**{"channels": 1024, **options}))
+
+
+def ecapa_tdnn_small(**options) -> EcapaTdnn:
+    """A 256-channel ECAPA-TDNN sized for phones (about 2M parameters)."""
+    return EcapaTdnn(EcapaConfig(**{"channels": 256, "mfa_channels": 768, **options}))

@@ -1,0 +1,67 @@
+"""Length-aware pooling over time shared by the backbones.
+
+Padded frames must never change an embedding, so every statistic here is taken over the valid
+frames only; models zero the padded frames after each block and pass a mask down.
+"""
+
+import torch
+from torch import nn
+
+
+def frame_mask(lengths: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Mask (1 = valid frame) that broadcasts over `x` [B, C, ..., T]: shape [B, 1, ..., T].
+
+    All ones when `lengths` (valid frames per row) is None.
+    """
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    if lengths is None:
+        return torch.ones(shape, dtype=x.dtype, device=x.device)
+    steps = torch.arange(x.shape[-1], device=x.device)
+    return (steps[None, :] < lengths[:, None]).to(x.dtype).reshape(shape)
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5):
+    """Mean and standard deviation over the last axis, weighted by `mask` (which sums to 1 or counts)."""
+    total = mask.sum(dim=-1, keepdim=True).clamp(min=1e-8)
+    mean = (x * mask).sum(dim=-1, keepdim=True) / total
+    var = ((x - mean).pow(2) * mask).sum(dim=-1, keepdim=True) / total
+    return mean.squeeze(-1), var.clamp(min=eps).sqrt().squeeze(-1)
+
+
+class StatsPool(nn.Module):
+    """Mean and standard deviation over time: [B, C, T] -> [B, 2C]."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
+        mean, std = masked_mean_std(x, mask)
+        return torch.cat([mean, std], dim=1)
+
+
+class AttentiveStatsPool(nn.Module):
+    """Channel-wise attentive statistics pooling with global context (ECAPA-TDNN, Desplanques 2020).
+
+    The attention sees each frame next to the utterance mean and std, so it can weigh frames by how
+    typical they are of the whole recording.
+    """
+
+    def __init__(self, channels: int, attention_channels: int = 128):
+        super().__init__()
+        self.in_channels = channels  # declared because the first layer sees 3x as many
+        self.attention = nn.Sequential(
+            nn.Conv1d(channels * 3, attention_channels, kernel_size=1),
+            nn.ReLU(),
+            nn.BatchNorm1d(attention_channels),
+            nn.Tanh(),
+            # no bias: a per-channel constant cannot change a softmax over time
+            nn.Conv1d(attention_channels, channels, kernel_size=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
+        mean, std = masked_mean_std(x, mask)
+        steps = x.shape[-1]
+        context = torch.cat([x, mean.unsqueeze(-1).expand(-1, -1, steps), std.unsqueeze(-1).expand(-1, -1, steps)], 1)
+        logits = self.attention(context).masked_fill(mask == 0, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        mean, std = masked_mean_std(x, weights)
+        return torch.cat([mean, std], dim=1)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+import lightsv
+from lightsv.models import MODELS, build_model
+
+# Full-size models are checked on short inputs to keep the suite fast on two cores.
+FRAMES = 64
+
+
+@pytest.fixture(params=sorted(MODELS))
+def model(request):
+    torch.manual_seed(0)
+    return build_model(request.param)
+
+
+def test_contract_shape(model):
+    model.eval()
+    with torch.no_grad():
+        emb = model(torch.randn(3, FRAMES, model.feat_dim))
+    assert emb.shape == (3, model.embed_dim)
+    assert torch.isfinite(emb).all()
+
+
+def test_padding_does_not_change_embeddings(model):
+    model.eval()
+    feats = torch.randn(2, FRAMES, model.feat_dim)
+    short = 41  # odd, so ResNet's stride-2 stages round it
+    padded = feats.clone()
+    padded[1, short:] = 123.0  # garbage in the padding must not leak
+    with torch.no_grad():
+        batch = model(padded, torch.tensor([FRAMES, short]))
+        alone = model(feats[1:, :short])
+        full = model(feats[:1])
+    torch.testing.assert_close(batch[1:], alone, rtol=1e-3, atol=1e-3 * alone.abs().max().item())
+    torch.testing.assert_close(batch[:1], full, rtol=1e-3, atol=1e-3 * full.abs().max().item())
+
+
+def test_lengths_none_equals_full_lengths(model):
+    model.eval()
+    feats = torch.randn(2, FRAMES, model.feat_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats), model(feats, torch.tensor([FRAMES, FRAMES])))
+
+
+@pytest.mark.parametrize("name", ["ecapa_tdnn_small", "resnet18", "amcrn_small"])
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    emb = model(torch.randn(3, FRAMES, 80), torch.tensor([FRAMES, 50, 40]))
+    (emb * torch.randn_like(emb)).sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
+
+
+def test_factories_differ_in_size():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(build_model("ecapa_tdnn_1024")) > count(build_model("ecapa_tdnn")) > count(build_model("ecapa_tdnn_small"))
+    assert count(build_model("resnet34")) > count(build_model("resnet18"))
+    # ResNet34 at base width 32 is the usual 6.6M-parameter speaker model
+    assert 6.0e6 < count(build_model("resnet34")) < 7.0e6
+
+
+def test_options_override_config():
+    model = build_model("ecapa_tdnn_small", embed_dim=128, feat_dim=40)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 30, 40)).shape == (1, 128)
+
+
+def test_unknown_model_and_bad_option():
+    with pytest.raises(lightsv.ConfigError, match="unknown model 'nope'.*ecapa_tdnn"):
+        build_model("nope")
+    with pytest.raises(lightsv.ConfigError, match="bad options for model 'resnet34'"):
+        build_model("resnet34", widht=3)

@@ -19,3 +19,11 @@ class CheckpointError(LightsvError, ValueError):
 
 class ScoresError(LightsvError, ValueError):
     """Scores and labels that cannot be evaluated (empty class, mismatched lengths, non-finite)."""
+
+
+class StoreError(LightsvError):
+    """An enrollment database that cannot be used: empty or corrupt file, locked, or made by another model."""
+
+
+class UnknownSpeakerError(LightsvError, LookupError):
+    """A speaker name that is not enrolled."""

@@ -168,7 +168,14 @@ class Transformed(nn.Module):
         parts = self.fusion(x, kwargs.get("mask"))
         if self.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in self.accepts}
-        return torch.cat([self.blocks[i % len(self.blocks)](p, *args, **kwargs) for i, p in enumerate(parts)], 1)
+        if len(self.blocks) > 1:
+            return torch.cat([block(p, *args, **kwargs) for block, p in zip(self.blocks, parts)], dim=1)
+        # One shared block sees all subsets as one batch: K times fewer (larger) ops. Per-row tensors
+        # among the block's arguments (masks, lengths) are tiled to match.
+        k, batch = len(parts), x.shape[0]
+        tile = lambda v: torch.cat([v] * k) if torch.is_tensor(v) and v.dim() and v.shape[0] == batch else v  # noqa: E731
+        out = self.blocks[0](torch.cat(parts), *map(tile, args), **{n: tile(v) for n, v in kwargs.items()})
+        return torch.cat(out.chunk(k), dim=1)
 
 
 @register("transform")

@@ -45,22 +45,8 @@ def _add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
 
 
-def _variants(name: str, args: argparse.Namespace) -> list[tuple[int | None, object]]:
-    """The plain model and one transformed per K, all built before any slow profiling starts."""
-    models, transform = _models(), importlib.import_module("lightsv.transform")
-    variants = [(None, models.build_model(name))]
-    for k in args.subsets:
-        model = transform.apply(models.build_model(name), subsets=k, share=args.share, fusion=args.fusion)
-        variants.append((k, model))
-    return variants
-
-
-def _ratio(value: float, plain: float) -> float | None:
-    return value / plain if plain else None
-
-
 def _run_profile(args: argparse.Namespace) -> int:
-    from lightsv.profile import profile, profile_table
+    from lightsv.profile import profile_table, profile_variants
 
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {args.seconds}")
@@ -69,22 +55,11 @@ def _run_profile(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(sorted(known))}")
-
+    variants = [{"subsets": k, "share": args.share, "fusion": args.fusion} for k in args.subsets]
     rows = []
     for name in names:
-        plain = None
-        for k, model in _progress(_variants(name, args), desc=name):
-            result = profile(model, seconds=args.seconds, batch=args.batch, threads=args.threads,
-                             repeats=args.repeats)
-            if k is None:
-                plain = result
-            label = name if k is None else f"{name} K={k} {args.fusion}{' shared' if args.share else ''}"
-            rows.append({"name": label, "model": name, "subsets": k,
-                         "share": None if k is None else args.share,
-                         "fusion": None if k is None else args.fusion,
-                         **result,
-                         "params_ratio": _ratio(result["params"], plain["params"]),
-                         "macs_ratio": _ratio(result["macs_per_second"], plain["macs_per_second"])})
+        rows += profile_variants(name, variants, progress=lambda items: _progress(items, desc=name),
+                                 seconds=args.seconds, batch=args.batch, threads=args.threads, repeats=args.repeats)
     print(json.dumps(rows, indent=2) if args.json else profile_table(rows))
     return 0
 

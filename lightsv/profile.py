@@ -226,18 +226,46 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def with_ratios(result: dict, plain: dict) -> dict:
+    """`result` plus its params, MACs and latency as ratios to the `plain` profile."""
+    ratio = lambda key: result[key] / plain[key] if plain.get(key) else None  # noqa: E731
+    return {**result, "params_ratio": ratio("params"), "macs_ratio": ratio("macs_per_second"),
+            "latency_ratio": ratio("latency_ms")}
+
+
+def profile_variants(name: str, variants: list[dict], progress=iter, **options) -> list[dict]:
+    """Profile registered model `name` plain, then behind the transformation module once per
+    option dict in `variants` (kwargs of lightsv.transform.apply); rows carry ratios to plain."""
+    from lightsv.models import build_model
+    from lightsv.transform import apply
+
+    # all variants are built before the slow profiling starts, so bad options fail fast
+    models = [(None, build_model(name))]
+    models += [(v, apply(build_model(name), **v)) for v in variants]
+    rows, plain = [], None
+    for variant, model in progress(models):
+        result = profile(model, **options)
+        plain = plain or result
+        label = name
+        if variant:
+            label += f" K={variant['subsets']} {variant.get('fusion', 'sum')}{' shared' if variant.get('share') else ''}"
+        rows.append({"name": label, "model": name, "subsets": None, "share": None, "fusion": None,
+                     **(variant or {}), **with_ratios(result, plain)})
+    return rows
+
+
 def profile_table(rows: list[dict], baseline: dict | None = None) -> str:
     """A fixed-width table of profile() results; each row also needs a "name".
 
-    The ratio columns show a row's own params_ratio / macs_ratio if it has them, otherwise the
-    ratio to `baseline` (a row), and are left out when no row has either.
+    The ratio columns show a row's own params_ratio / macs_ratio / latency_ratio if it has them,
+    otherwise the ratio to `baseline` (a row), and are left out when no row has either.
     """
     with_ratios = baseline is not None or any("params_ratio" in r or "macs_ratio" in r for r in rows)
     width = max([len("model"), *(len(str(r["name"])) for r in rows)])
     header = (f"{'model':<{width}} {'params':>12} {'M MACs/s':>10} {'inf MB':>8} {'train MB':>9} "
               f"{'latency ms':>10}")
     if with_ratios:
-        header += f" {'params x':>8} {'MACs x':>7}"
+        header += f" {'params x':>8} {'MACs x':>7} {'latency x':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         inference, train = r.get("peak_memory_inference_bytes"), r.get("peak_memory_train_bytes")
@@ -246,6 +274,7 @@ def profile_table(rows: list[dict], baseline: dict | None = None) -> str:
                 f"{_fmt(None if train is None else train / MB, '.2f'):>9} {r['latency_ms']:>10.2f}")
         if with_ratios:
             line += (f" {_fmt(_ratio(r, baseline, 'params', 'params_ratio'), '.3f'):>8}"
-                     f" {_fmt(_ratio(r, baseline, 'macs_per_second', 'macs_ratio'), '.3f'):>7}")
+                     f" {_fmt(_ratio(r, baseline, 'macs_per_second', 'macs_ratio'), '.3f'):>7}"
+                     f" {_fmt(_ratio(r, baseline, 'latency_ms', 'latency_ratio'), '.3f'):>9}")
         lines.append(line)
     return "\n".join(lines)

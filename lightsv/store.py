@@ -1,0 +1,286 @@
+"""A durable enrollment store: speaker embeddings in one SQLite file.
+
+    with EnrollmentStore("enroll.db", model_id="sha256:...", dim=192) as store:
+        store.enroll("alice", embeddings)        # [N, D] float32, appended in one transaction
+        store.embeddings("alice")                # [N, D] float32 in enrollment order
+
+Embeddings from different models live in different spaces, so a store records the model that made
+it and refuses to mix: opening it with another `model_id` (or `dim`) raises StoreError, while
+`model_id=None` opens any store for listing and deleting but not for enrolling.
+
+Durability: WAL journal with `synchronous=FULL` and one `BEGIN IMMEDIATE` transaction per
+enrollment, so a killed process leaves each enrollment either whole or absent, and concurrent
+writers wait for each other (up to `timeout` seconds) instead of failing.
+
+An existing 0-byte file is initialised as a new store when it is writable: it holds nothing to lose,
+and it is what `touch`, `mkstemp` or a crash before the first commit leaves behind.
+"""
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from lightsv.errors import StoreError, UnknownSpeakerError
+
+FORMAT = "lightsv-enrollment"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE speakers (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE TABLE embeddings (
+    id INTEGER PRIMARY KEY,
+    speaker_id INTEGER NOT NULL REFERENCES speakers(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,  -- float32, little-endian
+    dim INTEGER NOT NULL, created TEXT NOT NULL, source TEXT);
+CREATE INDEX embeddings_by_speaker ON embeddings(speaker_id, id);
+"""
+
+
+class InvalidEnrollmentError(StoreError, ValueError):
+    """A speaker name or embedding array that cannot be enrolled; nothing was written."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class EnrollmentStore:
+    """Speaker embeddings in the SQLite file at `path` (created if absent, which needs `model_id` and `dim`)."""
+
+    def __init__(self, path: str | os.PathLike, model_id: str | None = None, dim: int | None = None, *,
+                 timeout: float = 30.0):
+        self.path, self.timeout, self._db = Path(path), float(timeout), None
+        self._enroll_ok = model_id is not None
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not an enrollment database")
+        if not self.path.parent.is_dir():
+            raise StoreError(f"{self.path}: parent directory {self.path.parent} does not exist")
+        try:
+            new = self._check_file(creating=model_id is not None and dim is not None)
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot read: {err.strerror}") from None
+        try:
+            # isolation_level=None: transactions are ours to begin, so each enrollment is exactly one.
+            self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open: {err}") from None
+        try:
+            with self._errors():
+                if new:
+                    self._create(model_id, int(dim))
+                meta = self._read_meta()
+                self.model_id, self.dim, self.created = meta["model_id"], int(meta["dim"]), meta["created"]
+                if model_id is not None and model_id != self.model_id:
+                    raise StoreError(f"{self.path}: made by model {self.model_id!r}, not {model_id!r}; "
+                                     "embeddings from different models cannot be mixed")
+                if dim is not None and int(dim) != self.dim:
+                    raise StoreError(f"{self.path}: holds {self.dim}-dim embeddings, not {dim}")
+                # Only now that the file is known to be ours may anything be written to it.
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # FULL, not NORMAL: in WAL mode NORMAL survives a killed process but can drop the last
+                # commits on power loss, and an enrollment is rare and reported to the user as saved.
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                # Reads every page; catches corruption before an enrollment is written on top of it.
+                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(f"{self.path}: database is corrupt ({'; '.join(problems)[:300]})")
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_file(self, creating: bool) -> bool:
+        """Whether the file must be initialised; refuses files that are not ours before SQLite touches them."""
+        if not self.path.exists():
+            if not creating:
+                raise StoreError(f"{self.path}: no enrollment database (creating one needs model_id and dim)")
+            return True
+        with open(self.path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if not head:
+            wal = Path(f"{self.path}-wal")
+            if not creating:
+                raise StoreError(f"{self.path}: empty file, not an enrollment database "
+                                 "(open it with model_id and dim to initialise it)")
+            # SQLite would delete a WAL beside an empty database; whatever that WAL holds is not ours to drop.
+            if not os.access(self.path, os.W_OK) or (wal.exists() and wal.stat().st_size):
+                raise StoreError(f"{self.path}: empty file that cannot be initialised (read-only or has a WAL)")
+            return True
+        if head != SQLITE_MAGIC:
+            raise StoreError(f"{self.path}: not a lightsv enrollment database (not an SQLite file)")
+        return False
+
+    def _create(self, model_id: str, dim: int) -> None:
+        if not isinstance(model_id, str) or not model_id or dim < 1:
+            raise StoreError(f"{self.path}: a new store needs a non-empty model_id and a positive dim")
+        with self._transaction():
+            # Another process may have created the file since we looked; its tables then win.
+            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
+                ("model_id", model_id), ("dim", str(dim)), ("created", _now())])
+
+    def _read_meta(self) -> dict:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta = {}
+        if {"meta", "speakers", "embeddings"} <= tables:
+            try:
+                meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            except sqlite3.OperationalError:  # someone else's table called meta
+                pass
+        if meta.get("format") != FORMAT:
+            raise StoreError(f"{self.path}: not a lightsv enrollment database (no lightsv meta table)")
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: enrollment schema version {meta.get('schema_version')}, "
+                             f"this lightsv reads {SCHEMA_VERSION}")
+        if not {"model_id", "dim", "created"} <= meta.keys() or not meta["dim"].isdigit():
+            raise StoreError(f"{self.path}: database is corrupt (incomplete meta table)")
+        return meta
+
+    @contextmanager
+    def _errors(self):
+        """Turn sqlite3's errors into StoreErrors that say what is wrong with the file."""
+        if self._db is None:
+            raise StoreError(f"{self.path}: enrollment store is closed")
+        try:
+            yield
+        except sqlite3.Error as err:
+            text = str(err)
+            if "locked" in text or "busy" in text:
+                why = f"database is locked by another process (gave up after {self.timeout:g} s)"
+            elif "not a database" in text:
+                why = "not a lightsv enrollment database (not an SQLite file)"
+            elif "malformed" in text or "corrupt" in text:
+                why = f"database is corrupt ({text})"
+            else:
+                why = f"{type(err).__name__}: {text}"
+            raise StoreError(f"{self.path}: {why}") from None
+
+    @contextmanager
+    def _transaction(self):
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later needs it fails at
+        # once in WAL mode instead of waiting out the busy timeout.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _speaker_id(self, name) -> int:
+        _check_name(name)
+        row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownSpeakerError(f"{self.path}: speaker {name!r} is not enrolled")
+        return row[0]
+
+    def enroll(self, name: str, embeddings, sources=None) -> int:
+        """Append `embeddings` [N, D] for `name` (with optional per-row `sources`); returns the speaker's row count."""
+        if not self._enroll_ok:
+            raise StoreError(f"{self.path}: opened without a model_id; enrolling needs model_id={self.model_id!r}")
+        _check_name(name)
+        vectors = self._check_embeddings(embeddings)
+        sources = [None] * len(vectors) if sources is None else list(sources)
+        if len(sources) != len(vectors) or not all(s is None or isinstance(s, str) for s in sources):
+            raise InvalidEnrollmentError(f"sources must be {len(vectors)} strings (one per embedding)")
+        with self._errors(), self._transaction():
+            now = _now()
+            row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                speaker = self._db.execute("INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)",
+                                           (name, now, now)).lastrowid
+            else:
+                speaker = row[0]
+                self._db.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
+            self._db.executemany(
+                "INSERT INTO embeddings (speaker_id, vector, dim, created, source) VALUES (?, ?, ?, ?, ?)",
+                ((speaker, vector.tobytes(), self.dim, now, source) for vector, source in zip(vectors, sources)))
+            return self._db.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
+
+    def _check_embeddings(self, embeddings) -> np.ndarray:
+        try:
+            array = np.asarray(embeddings)
+        except Exception as err:
+            raise InvalidEnrollmentError(f"embeddings are not an array ({err})") from None
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != self.dim:
+            raise InvalidEnrollmentError(f"embeddings must have shape [N >= 1, {self.dim}], got {list(array.shape)}")
+        if array.dtype.kind not in "iuf":
+            raise InvalidEnrollmentError(f"embeddings must be real numbers, got dtype {array.dtype}")
+        with np.errstate(over="ignore"):  # out-of-range values become inf and are refused just below
+            vectors = np.ascontiguousarray(array, dtype="<f4")
+        if not np.isfinite(vectors).all():
+            raise InvalidEnrollmentError(f"embeddings contain NaN or infinite values (rows "
+                                         f"{np.flatnonzero(~np.isfinite(vectors).all(axis=1))[:5].tolist()})")
+        return vectors
+
+    def embeddings(self, name: str) -> np.ndarray:
+        """The speaker's embeddings [N, D] float32, in enrollment order."""
+        with self._errors():
+            speaker = self._speaker_id(name)
+            rows = self._db.execute("SELECT vector, dim FROM embeddings WHERE speaker_id = ? ORDER BY id",
+                                    (speaker,)).fetchall()
+        if any(dim != self.dim or len(blob) != 4 * self.dim for blob, dim in rows):
+            raise StoreError(f"{self.path}: database is corrupt (an embedding of {name!r} is not {self.dim}-dim)")
+        flat = np.frombuffer(b"".join(blob for blob, _ in rows), dtype="<f4")
+        return flat.reshape(len(rows), self.dim).astype(np.float32)
+
+    def speakers(self) -> list[dict]:
+        """One dict per speaker (name, count, created, updated; ISO-8601 UTC), sorted by name."""
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT s.name, count(e.id), s.created, s.updated FROM speakers s "
+                "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name").fetchall()
+        return [dict(name=name, count=count, created=created, updated=updated)
+                for name, count, created, updated in rows]
+
+    def delete(self, name: str) -> int:
+        """Remove the speaker and all their embeddings; returns the number of embeddings removed."""
+        with self._errors(), self._transaction():
+            speaker = self._speaker_id(name)
+            removed = self._db.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
+            self._db.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
+            return removed
+
+    def __contains__(self, name) -> bool:
+        if not isinstance(name, str):
+            return False
+        with self._errors():
+            return self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (name,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._errors():
+            return self._db.execute("SELECT count(*) FROM speakers").fetchone()[0]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> "EnrollmentStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EnrollmentStore({str(self.path)!r}, model_id={getattr(self, 'model_id', None)!r})"
+
+
+def _check_name(name) -> None:
+    # Surrounding whitespace or control characters would make look-alike speakers and break listings.
+    if not isinstance(name, str) or not name or name != name.strip() or not name.isprintable():
+        raise InvalidEnrollmentError(f"speaker name must be a non-empty printable string without "
+                                     f"surrounding whitespace, got {name!r}")

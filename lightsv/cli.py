@@ -64,10 +64,259 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="M", help="checkpoint (default: the shipped model)")
+
+
+def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
+    parser.add_argument("--db", required=True, metavar="DB", help="enrollment database (SQLite file)")
+    _add_model(parser)
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def _verifier(args: argparse.Namespace, db=None):
+    from lightsv.verifier import Verifier
+
+    return Verifier.load(args.model, db=db)
+
+
+def _existing_db(path: str) -> str:
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise LightsvError(f"{path}: no enrollment database (create one with 'lightsv enroll --db {path} NAME CLIP...')")
+    return path
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    _add_model(parser)
+    parser.add_argument("--enroll-clips", type=int, default=2, metavar="N",
+                        help="clips per example speaker to enroll; the rest are tested (default: 2)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from lightsv.verifier import example_clips
+
+    speakers = example_clips()
+    if not all(0 < args.enroll_clips < len(clips) for clips in speakers.values()):
+        raise ConfigError(f"--enroll-clips must leave at least one of each speaker's "
+                          f"{min(map(len, speakers.values()))} clips to test")
+    v = _verifier(args)
+    for name, clips in speakers.items():
+        v.enroll(name, clips[:args.enroll_clips])
+    rows, correct, top_right, tests = [], 0, 0, 0
+    for true_name, clips in speakers.items():
+        for clip in clips[args.enroll_clips:]:
+            emb = v.embed(clip)
+            scores = {name: v.score(v.speaker_embedding(name), emb) for name in speakers}
+            tests += 1
+            top_right += max(scores, key=scores.get) == true_name
+            for name, score in scores.items():
+                accept = None if v.threshold is None else score >= v.threshold
+                correct += accept == (name == true_name)
+                rows.append([name, f"{clip.parent.name}/{clip.name}", score, v.threshold,
+                             {None: "-", True: "yes", False: "no"}[accept], "yes" if name == true_name else "no"])
+    print(_table(["speaker", "clip", "score", "threshold", "accept", "same speaker"], rows))
+    ranked = f"the best-scoring speaker is the right one for {top_right}/{tests} clips"
+    if v.threshold is None:
+        print(f"no threshold (this model has no calibration): {ranked}")
+    else:
+        print(f"{correct}/{len(rows)} decisions correct at threshold {v.threshold:.4f}; {ranked}")
+    return 0
+
+
+def _add_enroll(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser, "print the result as JSON")
+    parser.add_argument("name", metavar="NAME", help="speaker name")
+    parser.add_argument("clips", nargs="+", metavar="CLIP", help="audio files of the speaker")
+
+
+def _run_enroll(args: argparse.Namespace) -> int:
+    with _verifier(args, db=args.db) as v:
+        total = v.enroll(args.name, args.clips)
+    result = {"speaker": args.name, "added": len(args.clips), "total": total}
+    print(json.dumps(result) if args.json else f"enrolled {args.name}: {len(args.clips)} clip(s) added, {total} in total")
+    return 0
+
+
+def _add_verify(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser, "print the result as JSON")
+    parser.add_argument("name", metavar="NAME", help="enrolled speaker")
+    parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    with _verifier(args, db=_existing_db(args.db)) as v:
+        r = v.verify(args.name, args.clip)
+    if args.json:
+        print(json.dumps({**r.as_dict(), "clip": args.clip}))
+    else:
+        decision = {None: "no threshold (uncalibrated model)", True: "accept", False: "reject"}[r.accept]
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {_cell(r.threshold)}: {decision}")
+    return 0
+
+
+def _add_list(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser, "print a JSON list of speakers")
+
+
+def _store(args: argparse.Namespace):
+    # Listing and deleting need no model unless one is named, and then it must be the store's.
+    if args.model is not None:
+        return _verifier(args, db=_existing_db(args.db))
+    from lightsv.store import EnrollmentStore
+
+    return EnrollmentStore(_existing_db(args.db))
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        speakers = store.speakers()
+    if args.json:
+        print(json.dumps(speakers, indent=2))
+    else:
+        print(_table(["speaker", "clips", "updated"], [[s["name"], s["count"], s["updated"]] for s in speakers])
+              if speakers else "no speakers enrolled")
+    return 0
+
+
+def _add_delete(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser, "print the result as JSON")
+    parser.add_argument("name", metavar="NAME", help="speaker to remove")
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        removed = store.delete(args.name)
+    print(json.dumps({"speaker": args.name, "removed": removed}) if args.json
+          else f"deleted {args.name} ({removed} embedding(s))")
+    return 0
+
+
+def _read_trials(path: str):
+    """(labels int array, [(enroll, test)]) of a VoxCeleb1-format trial list."""
+    import numpy as np
+
+    labels, pairs = [], []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise LightsvError(f"{path}: cannot read the trial list ({getattr(err, 'strerror', None) or err})") from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise LightsvError(f"{path}, line {number}: expected '<1|0> <enroll> <test>', got {line.strip()[:80]!r}")
+        labels.append(int(fields[0]))
+        pairs.append((fields[1], fields[2]))
+    if not pairs:
+        raise LightsvError(f"{path}: no trials")
+    return np.array(labels), pairs
+
+
+def _plot_det(scores, labels, path: str, title: str = "") -> None:
+    """DET curve on normal-deviate axes, labelled in percent, with the EER point marked."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise LightsvError("--plot needs matplotlib (pip install matplotlib)") from None
+    from lightsv import metrics
+
+    fpr, fnr, _ = metrics.det_curve(scores, labels)
+    eer = metrics.eer(scores, labels) / 100
+    # The usual DET window, widened for systems near chance so their curve stays in view.
+    hi = 0.5 if eer < 0.4 else 0.99
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 99) if 0.1 <= t <= 100 * hi]
+    fig = Figure(figsize=(5, 5))  # no pyplot: no GUI backend, nothing global
+    ax = fig.add_subplot()
+    ax.plot(metrics.probit(fpr), metrics.probit(fnr), lw=1.5, label="DET")
+    ax.plot(*[metrics.probit([1e-3, hi])] * 2, ls=":", lw=0.8, color="gray")
+    ax.plot(metrics.probit(eer), metrics.probit(eer), "o", color="tab:red", label=f"EER {100 * eer:.2f} %")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(metrics.probit([t / 100 for t in ticks]), [f"{t:g}" for t in ticks])
+    ax.set_xlim(*metrics.probit([1e-3, hi]))
+    ax.set_ylim(*metrics.probit([1e-3, hi]))
+    ax.set_xlabel("false accept rate (%)")
+    ax.set_ylabel("false reject rate (%)")
+    ax.set_title(title)
+    ax.grid(True, lw=0.3)
+    ax.legend(loc="best")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _add_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trials", metavar="TRIALS", help="trial list, VoxCeleb1 format: '<1|0> <enroll> <test>' per line")
+    parser.add_argument("--wav-root", required=True, metavar="DIR", help="folder the trial paths are relative to")
+    _add_model(parser)
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--plot", metavar="PNG", help="write a DET curve")
+    parser.add_argument("--out", metavar="FILE", help="write '<enroll> <test> <score> <target|nontarget>' lines")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    import numpy as np
+    from pathlib import Path
+
+    from lightsv import metrics
+
+    labels, pairs = _read_trials(args.trials)
+    root = Path(args.wav_root)
+    files = sorted({p for pair in pairs for p in pair})
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise LightsvError(f"{len(missing)} of {len(files)} files in {args.trials} are missing under {root}: "
+                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    v = _verifier(args)
+    emb = dict(zip(files, v.embed_many([root / f for f in files], batch_size=args.batch_size)))
+    scores = np.array([float(emb[e] @ emb[t]) for e, t in pairs])
+    result = {"eer": metrics.eer(scores, labels), "min_dcf": metrics.min_dcf(scores, labels, p_target=0.01),
+              "min_dcf_005": metrics.min_dcf(scores, labels, p_target=0.05),
+              "eer_threshold": metrics.eer_threshold(scores, labels),
+              "n_target": int(labels.sum()), "n_nontarget": int(len(labels) - labels.sum()),
+              "n_files": len(files), "model_id": v.model_id}
+    try:
+        if args.out:
+            Path(args.out).write_text("".join(f"{e} {t} {s:.6f} {'target' if y else 'nontarget'}\n"
+                                              for (e, t), s, y in zip(pairs, scores, labels)))
+        if args.plot:
+            _plot_det(scores, labels, args.plot, title=Path(args.trials).name)
+    except OSError as err:
+        raise LightsvError(f"cannot write {err.filename}: {err.strerror}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{len(labels)} trials ({result['n_target']} target, {result['n_nontarget']} non-target), "
+              f"{len(files)} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
+              f"minDCF {result['min_dcf']:.4f} (p_target 0.01), {result['min_dcf_005']:.4f} (p_target 0.05)")
+    return 0
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": ("parameters, MACs per second, peak memory and latency of models, plain and "
                 "with the transformation module", _add_profile, _run_profile),
+    "demo": ("enroll the bundled example speakers and verify their held-out clips against each of them",
+             _add_demo, _run_demo),
+    "enroll": ("add clips of a speaker to an enrollment database", _add_enroll, _run_enroll),
+    "verify": ("score a clip against an enrolled speaker and decide", _add_verify, _run_verify),
+    "list": ("list the speakers of an enrollment database", _add_list, _run_list),
+    "delete": ("remove a speaker from an enrollment database", _add_delete, _run_delete),
+    "score": ("EER and minDCF of a model on a trial list, with optional scores file and DET plot",
+              _add_score, _run_score),
 }
 
 

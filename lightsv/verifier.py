@@ -1,0 +1,428 @@
+"""Speaker verification for applications: enroll speakers from a few clips, then verify new clips.
+
+    v = lightsv.Verifier.load()                          # the shipped model; or a checkpoint path
+    v.enroll("alice", ["a1.flac", "a2.flac"])            # appends; several clips make a better model
+    r = v.verify("alice", "test.flac")                   # r.score, r.threshold, r.accept, r.speaker
+
+Scores. A speaker is represented by the mean of their L2-normalised enrollment embeddings, and a
+test clip scores the raw cosine between its embedding and that mean (renormalised): averaging
+embeddings is as good as or better than averaging per-clip scores for the usual 1-10 clips, and
+keeps a verification to one dot product. Scores lie in [-1, 1]; higher means more likely the same
+speaker; a clip is accepted when ``score >= threshold``.
+
+Thresholds come from the checkpoint's calibration (``extra["calibration"]``, written by
+:func:`lightsv.calibrate.write_calibration` from scored trials): the EER threshold by default, or
+the threshold at a target false-accept rate (``operating_point="far=0.01"``). A checkpoint without a
+calibration has no threshold: ``threshold`` and ``accept`` are then None unless ``threshold=`` is
+given. With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale,
+so only a calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then.
+
+Enrollments live in an :class:`~lightsv.store.EnrollmentStore`: in memory by default, or a SQLite
+file (``db=``) that refuses embeddings from another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightsv.audio import load as load_audio, info as audio_info, SAMPLE_RATE
+from lightsv.checkpoint import load_model
+from lightsv.errors import CheckpointError, ConfigError, LightsvError, UnknownSpeakerError
+from lightsv.features import Fbank, FbankConfig
+from lightsv.store import EnrollmentStore, InvalidEnrollmentError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "default.pt"
+EXAMPLES = ASSETS / "examples"
+#: Shortest clip accepted when the checkpoint does not name its own minimum (``extra["min_seconds"]``):
+#: below about half a second an embedding says more about the phonemes than the speaker.
+MIN_SECONDS = 0.5
+#: Cohort scores kept per side by AS-norm (the adaptive part: only the most similar impostors count).
+TOP_N = 200
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of one verification; ``threshold`` and ``accept`` are None without a threshold."""
+
+    speaker: str
+    score: float
+    threshold: float | None
+    accept: bool | None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Verifier:
+    """A speaker-embedding model with an enrollment store, a threshold and optional AS-norm."""
+
+    def __init__(self, model: nn.Module, *, extra: dict | None = None, db: str | os.PathLike | None = None,
+                 operating_point: str | None = None, threshold: float | None = None, device: str = "cpu",
+                 source: str = "model"):
+        extra = extra or {}
+        self.source = source
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.fbank = Fbank(_features(extra, source)).to(device)
+        feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
+        if feat_dim != self.fbank.config.n_mels:
+            raise CheckpointError(f"{source}: model takes {feat_dim} features but its filterbank makes "
+                                  f"{self.fbank.config.n_mels}")
+        self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
+        self.dim = int(getattr(model, "embed_dim", 0)) or self._probe_dim()
+        self.model_id = model_id(model)
+        self.calibration = extra.get("calibration")
+        self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
+        self.threshold_override = None if threshold is None else _finite(threshold, "threshold")
+        self._cohort: np.ndarray | None = None
+        self.top_n = TOP_N
+        self.store = EnrollmentStore(":memory:" if db is None else db, model_id=self.model_id, dim=self.dim)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, db: str | os.PathLike | None = None,
+             operating_point: str | None = None, threshold: float | None = None,
+             device: str = "cpu") -> "Verifier":
+        """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
+
+        ``operating_point`` is ``"eer"`` (the default when the checkpoint is calibrated) or
+        ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value.
+        """
+        if path is None:
+            if not DEFAULT_MODEL.is_file():
+                raise CheckpointError(f"the default model {DEFAULT_MODEL} is missing from this installation; "
+                                      "give a checkpoint path instead (--model on the command line)")
+            path = DEFAULT_MODEL
+        model, extra = load_model(path, return_extra=True)
+        return cls(model, extra=extra, db=db, operating_point=operating_point, threshold=threshold,
+                   device=device, source=str(path))
+
+    # ------------------------------------------------------------------ embeddings
+
+    def embed(self, clip, *, sample_rate: int | None = None) -> np.ndarray:
+        """The L2-normalised embedding (float32 [D]) of one clip: a path, or an array/tensor with ``sample_rate``."""
+        return self.embed_many([clip], sample_rate=sample_rate, progress=False)[0]
+
+    def embed_many(self, clips, *, sample_rate: int | None = None, batch_size: int = 16,
+                   progress: bool | None = None) -> np.ndarray:
+        """Embeddings [N, D] of ``clips``, in order, computed in zero-padded batches.
+
+        Clips are batched by length, so little compute goes to padding (the models pool over valid
+        frames only, so padding does not change an embedding). ``progress``: a tqdm bar on stderr;
+        None shows it for more than one batch when stderr is a terminal.
+        """
+        clips = list(clips)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        order = sorted(range(len(clips)), key=lambda i: _approx_samples(clips[i]))
+        with _bar(len(clips), progress, batch_size) as bar:
+            for start in range(0, len(order), batch_size):
+                index = order[start:start + batch_size]
+                wavs = [self._load(clips[i], sample_rate) for i in index]
+                out[index] = self._forward(wavs)
+                bar.update(len(index))
+        return out
+
+    def _load(self, clip, sample_rate):
+        return load_audio(clip, sample_rate, min_seconds=self.min_seconds)
+
+    def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
+        lengths = torch.tensor([len(w) for w in wavs])
+        batch = torch.zeros(len(wavs), int(lengths.max()))
+        for row, wav in zip(batch, wavs):
+            row[:len(wav)] = torch.from_numpy(wav)
+        with torch.inference_mode():
+            feats, frames = self.fbank(batch.to(self.device), lengths.to(self.device))
+            emb = self.model(feats, frames).float()
+        return nn.functional.normalize(emb, dim=1).cpu().numpy()
+
+    def _probe_dim(self) -> int:
+        return self._forward([np.zeros(SAMPLE_RATE, dtype=np.float32)]).shape[1]
+
+    # ------------------------------------------------------------------ enrollment
+
+    def enroll(self, name: str, clips, *, sample_rate: int | None = None) -> int:
+        """Add the clips' embeddings to speaker ``name`` (created if new); returns their total count."""
+        if isinstance(clips, (str, os.PathLike)):
+            clips = [clips]
+        clips = list(clips)
+        if not clips:
+            raise InvalidEnrollmentError(f"enrolling {name!r} needs at least one clip")
+        embeddings = self.embed_many(clips, sample_rate=sample_rate)
+        sources = [os.fspath(c) if isinstance(c, (str, os.PathLike)) else None for c in clips]
+        return self.store.enroll(name, embeddings, sources=sources)
+
+    def speakers(self) -> list[dict]:
+        """Enrolled speakers: dicts of name, count (clips), created and updated (ISO-8601 UTC)."""
+        return self.store.speakers()
+
+    def delete(self, name: str) -> int:
+        """Forget speaker ``name``; returns the number of embeddings removed."""
+        self._check_enrolled(name)
+        return self.store.delete(name)
+
+    def speaker_embedding(self, name: str) -> np.ndarray:
+        """The unit-length mean of the speaker's enrollment embeddings."""
+        self._check_enrolled(name)
+        return _unit(self.store.embeddings(name).mean(axis=0))
+
+    def _check_enrolled(self, name) -> None:
+        if name not in self.store:
+            names = [s["name"] for s in self.store.speakers()]
+            known = ", ".join(map(repr, names[:10])) + (" ..." if len(names) > 10 else "") if names else "none"
+            raise UnknownSpeakerError(f"speaker {name!r} is not enrolled (enrolled: {known})")
+
+    # ------------------------------------------------------------------ scoring
+
+    def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Verification:
+        """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold."""
+        enrolled = self.speaker_embedding(name)
+        score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
+        threshold = self.threshold
+        return Verification(name, score, threshold, None if threshold is None else bool(score >= threshold))
+
+    def compare(self, a, b, *, sample_rate: int | None = None) -> float:
+        """The score of two clips (cosine, or AS-norm when a cohort is set); symmetric in ``a`` and ``b``."""
+        ea, eb = self.embed_many([a, b], sample_rate=sample_rate, progress=False)
+        return self.score(ea, eb)
+
+    def score(self, enrolled: np.ndarray, test: np.ndarray) -> float:
+        """The score of two unit-length embeddings, AS-norm normalised when a cohort is set."""
+        raw = float(np.dot(enrolled, test))
+        if self._cohort is None:
+            return raw
+        (m1, s1), (m2, s2) = self._cohort_stats(enrolled), self._cohort_stats(test)
+        return 0.5 * ((raw - m1) / s1 + (raw - m2) / s2)
+
+    def set_cohort(self, cohort, *, top_n: int = TOP_N, sample_rate: int | None = None,
+                   batch_size: int = 16) -> None:
+        """Turn on adaptive s-norm (AS-norm) with ``cohort``; None turns it off.
+
+        ``cohort``: an embedding array [N, D] or a list of clips from speakers that will not be
+        verified (impostors). Each side of a trial is normalised by the mean and standard deviation
+        of its ``top_n`` highest cohort scores, and the two are averaged, so the score stays
+        symmetric. Normalised scores are on another scale than raw cosines: the threshold then comes
+        only from a calibration made with AS-norm (``calibration["score_norm"] == "asnorm"``) or from
+        ``threshold=``; otherwise ``threshold`` and ``accept`` are None.
+        """
+        if cohort is None:
+            self._cohort = None
+            return
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
+            raise ConfigError(f"top_n must be an integer >= 2, got {top_n!r}")
+        if _is_embeddings(cohort, self.dim):
+            array = cohort.detach().cpu().numpy() if isinstance(cohort, torch.Tensor) else np.asarray(cohort)
+            array = array.astype(np.float32)
+            norms = np.linalg.norm(array, axis=1, keepdims=True)
+            if not np.isfinite(array).all() or not (norms > 0).all():
+                raise ConfigError("cohort embeddings must be finite and non-zero")
+            array = array / norms
+        else:
+            clips = [cohort] if isinstance(cohort, (str, os.PathLike)) else list(cohort)
+            array = self.embed_many(clips, sample_rate=sample_rate, batch_size=batch_size)
+        if len(array) < 2:
+            raise ConfigError(f"a cohort needs at least 2 members, got {len(array)}")
+        self._cohort, self.top_n = array, top_n
+
+    @property
+    def cohort_size(self) -> int:
+        return 0 if self._cohort is None else len(self._cohort)
+
+    @property
+    def score_norm(self) -> str:
+        """``"asnorm"`` with a cohort, else ``"none"`` (raw cosine)."""
+        return "none" if self._cohort is None else "asnorm"
+
+    def _cohort_stats(self, emb: np.ndarray) -> tuple[float, float]:
+        scores = self._cohort @ emb
+        n = min(self.top_n, len(scores))
+        top = np.partition(scores, len(scores) - n)[-n:]
+        return float(top.mean()), max(float(top.std()), 1e-6)
+
+    @property
+    def threshold(self) -> float | None:
+        """The accept threshold for the current scores, or None when there is none for them."""
+        if self.threshold_override is not None:
+            return self.threshold_override
+        norm, value = self._calibrated
+        return value if norm == self.score_norm else None
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Verifier({self.source!r}, model_id={self.model_id!r}, threshold={self.threshold!r}, "
+                f"score_norm={self.score_norm!r}, store={str(self.store.path)!r})")
+
+
+def model_id(model: nn.Module) -> str:
+    """``sha256:<16 hex>`` of what makes the embeddings: architecture, config, tuners and weights.
+
+    Hashing the model rather than the checkpoint file keeps the id, and so the enrollment stores made
+    with it, valid when only the checkpoint's metadata changes (e.g. a calibration is written into it).
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    head = {"model": getattr(model, "model_name", type(model).__name__),
+            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+            "tuners": list(getattr(model, "tuners", []))}
+    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def example_clips() -> dict[str, list[Path]]:
+    """The bundled example speakers (LibriSpeech, CC BY 4.0): name -> clips sorted by name."""
+    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted(EXAMPLES.iterdir()) if d.is_dir()} \
+        if EXAMPLES.is_dir() else {}
+    speakers = {name: clips for name, clips in speakers.items() if clips}
+    if not speakers:
+        raise LightsvError(f"no example clips in {EXAMPLES} (is the package installed with its data?)")
+    return speakers
+
+
+def parse_operating_point(text: str) -> float | None:
+    """None for ``"eer"``, the false-accept rate for ``"far=<rate>"``."""
+    text = str(text).strip().lower()
+    if text == "eer":
+        return None
+    if text.startswith("far="):
+        try:
+            far = float(text[4:])
+        except ValueError:
+            far = math.nan
+        if 0.0 <= far <= 1.0:
+            return far
+    raise ConfigError(f"operating point {text!r}: use 'eer' or 'far=<rate>' with a rate in [0, 1], e.g. 'far=0.01'")
+
+
+def _calibrated_threshold(calibration, operating_point, threshold, source) -> tuple[str, float | None]:
+    """(score_norm the threshold is for, threshold) from the checkpoint's calibration."""
+    if threshold is not None and operating_point is not None:
+        raise ConfigError("give either threshold or operating_point, not both")
+    far = parse_operating_point(operating_point or "eer")
+    if calibration is None:
+        if operating_point is not None:
+            raise CheckpointError(f"{source}: has no calibration, so operating point {operating_point!r} "
+                                  "has no threshold (pass threshold= or calibrate the checkpoint)")
+        return "none", None
+    if not isinstance(calibration, dict):
+        raise CheckpointError(f"{source}: calibration is a {type(calibration).__name__}, expected a dict")
+    norm = calibration.get("score_norm", "none")
+    if far is None:
+        value = calibration.get("eer_threshold")
+        what = "eer_threshold"
+    else:
+        points = calibration.get("far_thresholds") or {}
+        matches = [v for k, v in points.items() if _float_or_nan(k) == far]
+        if not matches:
+            raise CheckpointError(f"{source}: calibration has no threshold at far={far:g} "
+                                  f"(it has: eer, {', '.join(f'far={k}' for k in points) or 'no far points'})")
+        value, what = matches[0], f"far_thresholds[{far:g}]"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source}: calibration {what} is {value!r}, not a number") from None
+    if math.isnan(value):
+        raise CheckpointError(f"{source}: calibration {what} is NaN")
+    return norm, value
+
+
+def _features(extra: dict, source: str) -> FbankConfig:
+    # The trainer records its full config; the filterbank must match what the model was trained on.
+    options = extra.get("features")
+    if options is None:
+        options = (extra.get("training_config") or {}).get("features") if isinstance(
+            extra.get("training_config"), dict) else None
+    if options is None:
+        return FbankConfig()
+    try:
+        return FbankConfig(**options)
+    except TypeError as err:
+        raise CheckpointError(f"{source}: bad filterbank options in its metadata ({err})") from None
+
+
+def _is_embeddings(cohort, dim: int) -> bool:
+    if isinstance(cohort, torch.Tensor):
+        return cohort.dim() == 2 and cohort.shape[1] == dim and cohort.is_floating_point()
+    return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim \
+        and cohort.dtype.kind == "f"
+
+
+def _approx_samples(clip) -> float:
+    # For ordering batches only; a clip that cannot be read fails later, with its own message.
+    if isinstance(clip, (str, os.PathLike)):
+        try:
+            meta = audio_info(clip)
+            return meta.frames / meta.samplerate
+        except LightsvError:
+            return 0.0
+    shape = getattr(clip, "shape", None)
+    return float(max(shape)) / SAMPLE_RATE if shape else 0.0
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def _finite(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got NaN")
+    return value
+
+
+def _float_or_nan(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool | None, batch_size: int):
+    if progress is False or (progress is None and total <= batch_size):
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    # disable=None: tqdm hides itself when stderr is not a terminal (pipes, logs, tests).
+    return tqdm(total=total, desc="embedding", unit="clip", file=sys.stderr, leave=False,
+                disable=None if progress is None else False)

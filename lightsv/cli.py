@@ -204,59 +204,6 @@ def _run_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_trials(path: str):
-    """(labels int array, [(enroll, test)]) of a VoxCeleb1-format trial list."""
-    import numpy as np
-
-    labels, pairs = [], []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise LightsvError(f"{path}: cannot read the trial list ({getattr(err, 'strerror', None) or err})") from None
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise LightsvError(f"{path}, line {number}: expected '<1|0> <enroll> <test>', got {line.strip()[:80]!r}")
-        labels.append(int(fields[0]))
-        pairs.append((fields[1], fields[2]))
-    if not pairs:
-        raise LightsvError(f"{path}: no trials")
-    return np.array(labels), pairs
-
-
-def _plot_det(scores, labels, path: str, title: str = "") -> None:
-    """DET curve on normal-deviate axes, labelled in percent, with the EER point marked."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise LightsvError("--plot needs matplotlib (pip install matplotlib)") from None
-    from lightsv import metrics
-
-    fpr, fnr, _ = metrics.det_curve(scores, labels)
-    eer = metrics.eer(scores, labels) / 100
-    # The usual DET window, widened for systems near chance so their curve stays in view.
-    hi = 0.5 if eer < 0.4 else 0.99
-    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 99) if 0.1 <= t <= 100 * hi]
-    fig = Figure(figsize=(5, 5))  # no pyplot: no GUI backend, nothing global
-    ax = fig.add_subplot()
-    ax.plot(metrics.probit(fpr), metrics.probit(fnr), lw=1.5, label="DET")
-    ax.plot(*[metrics.probit([1e-3, hi])] * 2, ls=":", lw=0.8, color="gray")
-    ax.plot(metrics.probit(eer), metrics.probit(eer), "o", color="tab:red", label=f"EER {100 * eer:.2f} %")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_ticks(metrics.probit([t / 100 for t in ticks]), [f"{t:g}" for t in ticks])
-    ax.set_xlim(*metrics.probit([1e-3, hi]))
-    ax.set_ylim(*metrics.probit([1e-3, hi]))
-    ax.set_xlabel("false accept rate (%)")
-    ax.set_ylabel("false reject rate (%)")
-    ax.set_title(title)
-    ax.grid(True, lw=0.3)
-    ax.legend(loc="best")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
-
 def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trials", metavar="TRIALS", help="trial list, VoxCeleb1 format: '<1|0> <enroll> <test>' per line")
     parser.add_argument("--wav-root", required=True, metavar="DIR", help="folder the trial paths are relative to")
@@ -273,7 +220,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
     from lightsv import metrics
 
-    labels, pairs = _read_trials(args.trials)
+    from lightsv.data import read_trials
+
+    trials = read_trials(args.trials)
+    labels, pairs = np.array([t.label for t in trials]), [(t.enroll, t.test) for t in trials]
     root = Path(args.wav_root)
     files = sorted({p for pair in pairs for p in pair})
     missing = [f for f in files if not (root / f).is_file()]
@@ -293,7 +243,9 @@ def _run_score(args: argparse.Namespace) -> int:
             Path(args.out).write_text("".join(f"{e} {t} {s:.6f} {'target' if y else 'nontarget'}\n"
                                               for (e, t), s, y in zip(pairs, scores, labels)))
         if args.plot:
-            _plot_det(scores, labels, args.plot, title=Path(args.trials).name)
+            from lightsv.plots import det_plot
+
+            det_plot({Path(v.source).name: (scores, labels)}, args.plot, title=Path(args.trials).name)
     except OSError as err:
         raise LightsvError(f"cannot write {err.filename}: {err.strerror}") from None
     if args.json:
@@ -303,6 +255,22 @@ def _run_score(args: argparse.Namespace) -> int:
               f"{len(files)} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
               f"minDCF {result['min_dcf']:.4f} (p_target 0.01), {result['min_dcf_005']:.4f} (p_target 0.05)")
     return 0
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="recipe config (YAML), e.g. recipes/voxceleb/conf/default.yaml")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="experiment folder (default: exp/<config name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from lightsv import trainer
+
+    argv = ["train", args.config, *([args.out_dir] if args.out_dir else [])]
+    argv += [a for o in args.overrides for a in ("--set", o)] + (["--no-resume"] if args.no_resume else [])
+    return trainer.main(argv)
 
 
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
@@ -317,6 +285,7 @@ COMMANDS = {
     "delete": ("remove a speaker from an enrollment database", _add_delete, _run_delete),
     "score": ("EER and minDCF of a model on a trial list, with optional scores file and DET plot",
               _add_score, _run_score),
+    "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
 }
 
 

@@ -1,10 +1,12 @@
-"""Install an optional extra into the current interpreter: ``python -m lightsv.extras speechbrain``.
+"""Install an optional extra into the current interpreter: ``python -m lightsv.extras speechbrain|teacher``.
 
 torch is never replaced: pip runs with ``-c`` pinning the torch already installed (plus the repo's
 constraints.txt when run from a checkout). torchaudio on the registry is a CUDA build whose compiled
 ``torchaudio/lib/*.so`` fail to load on a CPU-only machine; when ``import torchaudio`` fails, those
 files are removed (torchaudio then runs on its pure-Python parts, which is all speechbrain's
-ECAPA-TDNN needs). Running it again is a no-op that still verifies. Exit code 2 on failure.
+ECAPA-TDNN needs). resemblyzer (the distillation teacher and benchmark peer) declares `webrtcvad`,
+which does not build here, so it is installed without dependencies and `webrtcvad-wheels` (the same
+module, prebuilt) goes beside it. Running it again is a no-op that still verifies. Exit code 2 on failure.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Mirrors [project.optional-dependencies] in pyproject.toml.
-EXTRAS: dict[str, list[str]] = {"speechbrain": ["speechbrain>=1.0", "torchaudio"]}
+# One pip install per inner list (pip options first); mirrors [project.optional-dependencies].
+EXTRAS: dict[str, list[list[str]]] = {
+    "speechbrain": [["speechbrain>=1.0", "torchaudio"]],
+    "teacher": [["--no-deps", "resemblyzer==0.1.4"], ["librosa", "webrtcvad-wheels"]],
+}
 # Code run in a fresh interpreter to prove the extra works.
 CHECKS: dict[str, str] = {
     "speechbrain": "import speechbrain\nfrom speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN\n"
     "import torch, torchaudio\nprint(f'torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
     "speechbrain {speechbrain.__version__}')",
+    "teacher": "from resemblyzer import VoiceEncoder\nVoiceEncoder('cpu', verbose=False)\nprint('resemblyzer loads')",
 }
 
 
@@ -62,7 +68,7 @@ def _satisfied(requirements: list[str]) -> bool:
         from packaging.requirements import Requirement
     except ImportError:  # name-only check; pip itself is the fallback judge
         Requirement = None
-    for req in requirements:
+    for req in (r for r in requirements if not r.startswith("-")):
         name = Requirement(req).name if Requirement else re.match(r"[A-Za-z0-9._-]+", req).group(0)
         try:
             version = md.version(name)
@@ -112,13 +118,13 @@ def _make_torchaudio_importable() -> None:
 def install(extra: str) -> None:
     if extra not in EXTRAS:
         raise ExtrasError(f"unknown extra {extra!r}; known: {', '.join(sorted(EXTRAS))}")
-    requirements = EXTRAS[extra]
-    if _satisfied(requirements):
-        print(f"{extra}: already installed ({', '.join(requirements)})")
-    else:
-        _pip_install(requirements)
+    for requirements in EXTRAS[extra]:
+        if _satisfied(requirements):
+            print(f"{extra}: already installed ({' '.join(requirements)})")
+        else:
+            _pip_install(requirements)
     proc = _run_python(CHECKS[extra])
-    if proc.returncode != 0 and "torchaudio" in requirements:
+    if proc.returncode != 0 and extra == "speechbrain":
         _make_torchaudio_importable()
         proc = _run_python(CHECKS[extra])
     if proc.returncode != 0:

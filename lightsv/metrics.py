@@ -193,6 +193,16 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
     return float(low), float(high)
 
 
+def summary(scores, labels, p_target: float = 0.01, bootstrap: int = 1000) -> dict:
+    """EER (percent) with its bootstrap 95 % interval, minDCF and the trial counts, as one dict."""
+    labels = np.asarray(labels)
+    out = {"eer": eer(scores, labels), "min_dcf": min_dcf(scores, labels, p_target=p_target),
+           "targets": int((labels == 1).sum()), "nontargets": int((labels == 0).sum())}
+    if bootstrap:
+        out["eer_ci95"] = list(eer_ci(scores, labels, n_boot=bootstrap))
+    return out
+
+
 # ----------------------------------------------------------------------------- t-DCF
 
 

@@ -1,0 +1,162 @@
+"""The shipped default model against resemblyzer (pretrained GE2E), scored on the same trials in one run.
+
+    python benchmarks/default_model.py        # writes benchmarks/results/default_model.{json,md} and default_model_det.png
+
+Needs the dev data beside the repo (../shared/data/speech) and resemblyzer (`python -m lightsv.extras teacher`).
+Each system uses its own standard pipeline: lightsv's Verifier on the raw clip; resemblyzer's
+`preprocess_wav` (volume normalisation, silence trimming) then `embed_utterance`. Accuracy: EER with a
+bootstrap 95 % interval and minDCF (p_target 0.01), overall and per source family. Cost: parameters,
+MACs per second of audio (torch.utils.flop_counter), size on disk and the median latency of one 3 s
+clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv.
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import lightsv
+from lightsv import metrics
+from lightsv.data import read_trials
+from lightsv.plots import det_plot
+from lightsv.profile import EXTRA_FLOP_FORMULAS
+from lightsv.verifier import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+RESULTS = Path(__file__).parent / "results"
+CLIP_SECONDS = 3.0
+
+
+class Resemblyzer:
+    name = "resemblyzer"
+
+    def __init__(self):
+        from resemblyzer import VoiceEncoder, preprocess_wav
+
+        self.encoder, self.preprocess = VoiceEncoder("cpu", verbose=False), preprocess_wav
+        self.params = sum(p.numel() for p in self.encoder.parameters())
+
+    def embed_many(self, paths):
+        return np.stack([self.embed(lightsv.audio.load(p)) for p in paths])
+
+    def embed(self, wav):
+        return self.encoder.embed_utterance(self.preprocess(wav, source_sr=16000))
+
+    def embed_raw(self, wav):  # latency and MACs: the network and its features, not the VAD
+        return self.encoder.embed_utterance(wav)
+
+
+class Lightsv:
+    def __init__(self, path):
+        self.verifier = lightsv.Verifier.load(path)
+        self.name = f"lightsv {Path(path).name}"
+        self.params = sum(p.numel() for p in self.verifier.model.parameters())
+
+    def embed_many(self, paths):
+        return self.verifier.embed_many(paths, progress=False)
+
+    def embed_raw(self, wav):
+        return self.verifier.embed(wav, sample_rate=16000)
+
+
+def families(manifest: Path) -> dict[str, str]:
+    with open(manifest, newline="") as f:
+        return {row["path"].removeprefix("wav/"): row["source"].split("-")[0] for row in csv.DictReader(f)}
+
+
+def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int) -> tuple[dict, np.ndarray]:
+    files = sorted({p for t in trials for p in (t.enroll, t.test)})
+    emb = dict(zip(files, system.embed_many([root / f for f in files])))
+    emb = {k: v / np.linalg.norm(v) for k, v in emb.items()}
+    scores = np.array([float(emb[t.enroll] @ emb[t.test]) for t in trials])
+    labels = np.array([t.label for t in trials])
+    names = np.array([family.get(t.enroll, "unknown") for t in trials])
+    result = {"overall": metrics.summary(scores, labels, bootstrap=bootstrap),
+              "families": {n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap)
+                           for n in sorted(set(names))}}
+    return result, scores
+
+
+def cost(system, wav: np.ndarray, repeats: int) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(3):
+            system.embed_raw(wav)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            system.embed_raw(wav)
+            times.append(time.perf_counter() - start)
+        with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+            system.embed_raw(wav)
+    finally:
+        torch.set_num_threads(threads)
+    return {"params": system.params, "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS,
+            "latency_ms": 1000 * statistics.median(times)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--speech", type=Path, default=SPEECH)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    trials = read_trials(args.speech / "trials_dev.txt")
+    family = families(args.speech / "manifest.csv")
+    clip = lightsv.audio.load(args.speech / "wav" / trials[0].enroll)
+    clip = np.resize(clip, int(CLIP_SECONDS * 16000))  # repeat a short clip up to the timed length
+    load = os.getloadavg()[0]
+
+    rows, curves = {}, {}
+    for system in (Lightsv(args.model), Resemblyzer()):
+        print(f"scoring {system.name} ...", file=sys.stderr)
+        result, scores = accuracy(system, trials, args.speech / "wav", family, args.bootstrap)
+        rows[system.name] = {**result, **cost(system, clip, args.repeats)}
+        curves[system.name] = (scores, [t.label for t in trials])
+    ours, peer = rows.values()
+    ours["size_bytes"] = args.model.stat().st_size
+    ratios = {"latency": peer["latency_ms"] / ours["latency_ms"], "params": peer["params"] / ours["params"],
+              "macs": peer["macs_per_second"] / ours["macs_per_second"]}
+    meta = {"command": "python benchmarks/default_model.py", "trials": "trials_dev.txt (shared/data/speech)",
+            "load_average_at_start": load, "threads": 1, "clip_seconds": CLIP_SECONDS, "torch": torch.__version__}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "default_model.json").write_text(json.dumps({"meta": meta, "systems": rows,
+                                                             "resemblyzer_over_lightsv": ratios}, indent=2))
+    det_plot(curves, args.out / "default_model_det.png", title="trials_dev.txt")
+    (args.out / "default_model.md").write_text(markdown(rows, ratios, meta))
+    print(markdown(rows, ratios, meta))
+    return 0
+
+
+def markdown(rows: dict, ratios: dict, meta: dict) -> str:
+    fams = sorted({f for r in rows.values() for f in r["families"]})
+    cell = lambda s: f"{s['eer']:.2f} [{s['eer_ci95'][0]:.1f}, {s['eer_ci95'][1]:.1f}]"  # noqa: E731
+    lines = [f"Written by `{meta['command']}` on {meta['trials']} (load average {meta['load_average_at_start']:.1f} "
+             "at start). EER % [bootstrap 95 % interval]; minDCF at p_target 0.01; latency: one 3 s clip, "
+             "1 thread, waveform to embedding.", "",
+             "| system | EER overall | minDCF | " + " | ".join(f"EER {f}" for f in fams)
+             + " | params | M MACs/s | latency ms |",
+             "|---" * (6 + len(fams)) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {cell(r['overall'])} | {r['overall']['min_dcf']:.3f} | "
+                     + " | ".join(cell(r["families"][f]) if f in r["families"] else "-" for f in fams)
+                     + f" | {r['params']:,} | {r['macs_per_second'] / 1e6:.1f} | {r['latency_ms']:.1f} |")
+    lines += ["", f"resemblyzer / lightsv: latency x{ratios['latency']:.1f}, parameters x{ratios['params']:.1f}, "
+              f"MACs x{ratios['macs']:.1f}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

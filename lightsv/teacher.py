@@ -1,0 +1,179 @@
+"""Teacher embeddings for distillation, computed once and cached: per utterance and per window.
+
+The default teacher is resemblyzer's GE2E encoder (optional dependency, imported on use).  It
+embeds 1.6 s windows at a fixed rate; a training crop is mapped to the mean of the windows it
+overlaps, each weighted by the fraction of the window inside the crop, so a crop's target comes
+from the audio it actually contains without running the teacher during training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lightsv.audio import load
+from lightsv.errors import ConfigError
+
+CACHE_VERSION = 1
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x)
+    return x / norm if norm > 0 else x
+
+
+class ResemblyzerTeacher:
+    """`embed(wav) -> (utterance embedding [D], window embeddings [W, D], window starts, window stops)`."""
+
+    def __init__(self, rate: float = 2.0, device: str = "cpu"):
+        try:
+            from resemblyzer import VoiceEncoder
+            from resemblyzer.audio import normalize_volume
+        except ImportError as err:
+            raise ConfigError("the resemblyzer teacher needs the optional 'teacher' extra "
+                              "(pip install 'lightsv[teacher]')") from err
+        self.encoder = VoiceEncoder(device, verbose=False)
+        self.rate = rate
+        self._normalise_volume = normalize_volume
+        self.name = "resemblyzer"
+
+    def embed(self, wav: np.ndarray):
+        # only the volume step of resemblyzer's preprocessing: trimming silences would move the
+        # windows away from the sample positions that crops are cut at
+        wav = self._normalise_volume(wav, -30, increase_only=True)
+        utt, partials, slices = self.encoder.embed_utterance(wav, return_partials=True, rate=self.rate)
+        return utt, partials, np.array([s.start for s in slices]), np.array([s.stop for s in slices])
+
+
+class TeacherCache:
+    """Cached teacher embeddings, keyed by audio path (as given when the cache was built)."""
+
+    def __init__(self, keys: Sequence[str], utterance: np.ndarray, windows: np.ndarray, offsets: np.ndarray,
+                 starts: np.ndarray, stops: np.ndarray, lengths: np.ndarray, meta: dict | None = None):
+        self.keys = list(keys)
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.utterance, self.windows = utterance.astype(np.float32), windows.astype(np.float32)
+        self.offsets, self.starts, self.stops = offsets, starts, stops
+        self.lengths, self.meta = lengths, dict(meta or {})
+        # subtracted from crop targets when set: GE2E embeddings are non-negative, so a large shared
+        # component would otherwise dominate the cosine a student is trained on
+        self.center: np.ndarray | None = None
+
+    def centre(self) -> "TeacherCache":
+        """Make crop targets relative to the mean utterance embedding of the cache."""
+        self.center = self.utterance.mean(axis=0)
+        return self
+
+    @property
+    def dim(self) -> int:
+        return self.utterance.shape[1]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def embedding(self, key: str) -> np.ndarray:
+        return self.utterance[self._find(key)]
+
+    def crop(self, key: str, start: int, stop: int) -> tuple[np.ndarray, float]:
+        """(unnormalised weighted sum of the windows over samples [start, stop), total weight)."""
+        i = self._find(key)
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        # a window past the end of the clip was zero-padded: only its real samples count
+        w_start, w_stop = self.starts[lo:hi], np.minimum(self.stops[lo:hi], max(self.lengths[i], 1))
+        overlap = np.clip(np.minimum(w_stop, stop) - np.maximum(w_start, start), 0, None)
+        weight = overlap / np.maximum(w_stop - w_start, 1)
+        if weight.sum() <= 0:
+            return self.utterance[i] * (stop - start), float(stop - start)
+        return weight @ self.windows[lo:hi], float(weight.sum())
+
+    def target(self, segments) -> np.ndarray:
+        """Unit-length teacher embedding of a crop made of `segments` (path, start, stop), each
+        counted in proportion to its length."""
+        total = np.zeros(self.dim, np.float64)
+        for s in segments:
+            vec, weight = self.crop(s.path, s.start, s.stop)
+            total += _normalise(vec / weight) * (s.stop - s.start) if weight > 0 else 0.0
+        total = _normalise(total)
+        if self.center is not None:
+            total = _normalise(total - self.center)
+        return total.astype(np.float32)
+
+    def _find(self, key: str) -> int:
+        try:
+            return self.index[key]
+        except KeyError:
+            raise ConfigError(f"teacher cache has no entry for {key}; rebuild it with the current data") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, keys=np.array(self.keys, dtype=str), utterance=self.utterance, windows=self.windows,
+                     offsets=self.offsets, starts=self.starts, stops=self.stops, lengths=self.lengths,
+                     meta=np.array(json.dumps({**self.meta, "version": CACHE_VERSION})))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TeacherCache":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                if meta.get("version") != CACHE_VERSION:
+                    raise ConfigError(f"teacher cache {path}: version {meta.get('version')}, expected {CACHE_VERSION}")
+                return cls(f["keys"].tolist(), f["utterance"], f["windows"], f["offsets"], f["starts"], f["stops"],
+                           f["lengths"], meta)
+        except (OSError, KeyError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"teacher cache {path}: unreadable ({err})") from None
+
+
+def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | None = None,
+                progress: bool = True) -> TeacherCache:
+    """Embed every path with `teacher` (default: ResemblyzerTeacher()); entries of `existing` are reused.
+
+    `teacher.embed(wav)` returns (utterance [D], windows [W, D], window starts, window stops) in samples.
+    """
+    paths = list(dict.fromkeys(paths))
+    teacher = teacher or ResemblyzerTeacher()
+    utts, windows, starts, stops, lengths, counts = [], [], [], [], [], []
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(paths, desc="teacher", unit="utt")
+    else:
+        iterator = paths
+    for path in iterator:
+        if existing is not None and path in existing:
+            i = existing.index[path]
+            lo, hi = existing.offsets[i], existing.offsets[i + 1]
+            utt, win, st, sp, n = (existing.utterance[i], existing.windows[lo:hi], existing.starts[lo:hi],
+                                   existing.stops[lo:hi], existing.lengths[i])
+        else:
+            wav = load(path, min_seconds=0.0)
+            utt, win, st, sp = teacher.embed(wav)
+            n = len(wav)
+        utts.append(np.asarray(utt, np.float32))
+        windows.append(np.asarray(win, np.float32).reshape(len(st), -1))
+        starts.append(np.asarray(st, np.int64))
+        stops.append(np.asarray(sp, np.int64))
+        lengths.append(int(n))
+        counts.append(len(st))
+    if not utts:
+        raise ConfigError("teacher cache: no audio to embed")
+    meta = {"teacher": getattr(teacher, "name", type(teacher).__name__), "rate": getattr(teacher, "rate", None)}
+    return TeacherCache(paths, np.stack(utts), np.concatenate(windows), np.concatenate([[0], np.cumsum(counts)]),
+                        np.concatenate(starts), np.concatenate(stops), np.array(lengths, np.int64), meta)

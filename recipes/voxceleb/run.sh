@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# VoxCeleb-layout speaker-verification recipe, stage-gated like WeSpeaker:
+#   1 data lists + teacher cache, 2 train, 3 large-margin fine-tune, 4 evaluate + DET plot, 5 export.
+# Usage: bash run.sh [--stage N] [--stop_stage M] [--config conf/x.yaml] [--exp DIR] [--nproc P] [--dest FILE]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=1
+stop_stage=5
+config=conf/default.yaml
+shared=../../../shared/data              # speech/ and spoof/ corpora
+datadir=../../exp/voxceleb/data          # lists the configs read (../../exp is git-ignored)
+exp=                                     # default: ../../exp/voxceleb/<config name>
+nproc=1                                  # processes (torchrun) for training and evaluation
+dest=                                    # stage 5 copies the selected model here too
+overrides=()                             # --set key=value, passed to every lightsv.trainer call
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --set) overrides+=(--set "$2"); shift 2 ;;
+    --*) name=${1#--}; [ -n "${!name+x}" ] || { echo "run.sh: unknown option $1" >&2; exit 2; }
+         printf -v "$name" '%s' "$2"; shift 2 ;;
+    *) echo "run.sh: unexpected argument $1" >&2; exit 2 ;;
+  esac
+done
+exp=${exp:-../../exp/voxceleb/$(basename "$config" .yaml)}
+mkdir -p "$exp" "$datadir"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the configs set torch's threads; keep BLAS to one as well
+
+launch() {  # torchrun when more than one process is asked for
+  if [ "$nproc" -gt 1 ]; then
+    python -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m lightsv.trainer "$@"
+  else
+    python -m lightsv.trainer "$@"
+  fi
+}
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  echo "stage 1: unlabeled clip list and teacher cache"
+  # spoof clips of the train split whose speaker is not a dev speaker of the speech corpus (no dev
+  # voice may reach training); its WORLD clips already are labelled training clips
+  spoof=$(cd "$shared" && pwd)
+  awk -F, -v root="$spoof" 'NR == FNR { if ($2 == "dev") dev[$1] = 1; next }
+       FNR > 1 && $5 == "train" && !($2 in dev) && $1 !~ /^speech\// { print root "/" $1 }' \
+      "$shared/speech/splits.csv" "$shared/spoof/protocol.csv" > "$datadir/unlabeled.lst"
+  echo "$(wc -l < "$datadir/unlabeled.lst") unlabeled clips in $datadir/unlabeled.lst"
+  python -m lightsv.trainer teacher "$config" "${overrides[@]}"
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  echo "stage 2: train into $exp"
+  launch train "$config" "$exp" "${overrides[@]}"
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  echo "stage 3: large-margin fine-tuning into $exp/finetune"
+  launch finetune "$config" "$exp" "${overrides[@]}"
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  echo "stage 4: evaluation and DET plots"
+  for model in "$exp/model.pt" "$exp/finetune/model.pt"; do
+    [ -f "$model" ] || continue
+    name=train; [ "$model" = "$exp/model.pt" ] || name=finetune
+    out="$exp/eval/$name"
+    launch evaluate "$config" "$model" --out "$out" "${overrides[@]}"
+    echo "results: $out/results.json, DET plot: $out/det.png"
+  done
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  echo "stage 5: export the model with the lower dev EER"
+  python -m lightsv.trainer export "$exp" "$exp/final.pt"
+  [ -z "$dest" ] || { mkdir -p "$(dirname "$dest")"; cp "$exp/final.pt" "$dest"; echo "copied to $dest"; }
+fi

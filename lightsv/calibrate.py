@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lightsv import metrics
-from lightsv.checkpoint import load_model, save_model
-from lightsv.errors import CheckpointError, ConfigError
+from lightsv.checkpoint import update_extra
+from lightsv.errors import ConfigError
 
 #: False-accept rates that get a threshold unless others are asked for.
 DEFAULT_FARS = (0.01, 0.001)
@@ -54,14 +54,9 @@ def calibration(scores, labels, *, fars=DEFAULT_FARS, trials: str | None = None,
 def write_calibration(path: str | os.PathLike, calibration: dict, *, out: str | os.PathLike | None = None) -> Path:
     """Store ``calibration`` as ``extra["calibration"]`` of the checkpoint at ``path`` (or a copy at ``out``).
 
-    The checkpoint is rebuilt through load_model/save_model, so it is validated on the way and
-    replaced atomically; weights and every other ``extra`` key are kept.
+    The checkpoint is validated first and replaced atomically; weights and every other ``extra``
+    key are kept as they were.
     """
     if not isinstance(calibration, dict) or "eer_threshold" not in calibration:
         raise ConfigError("calibration must be a dict with at least 'eer_threshold' (see calibration())")
-    model, extra = load_model(path, return_extra=True)
-    # save_model takes the metadata as keyword arguments next to its own two parameters.
-    clash = {"model", "path"} & set(extra)
-    if clash:
-        raise CheckpointError(f"{path}: extra metadata key(s) {', '.join(sorted(clash))} cannot be re-saved")
-    return save_model(model, path if out is None else out, **{**extra, "calibration": dict(calibration)})
+    return update_extra(path, out, calibration=dict(calibration))

@@ -22,17 +22,36 @@ FORMAT = "lightsv-checkpoint"
 VERSION = 1
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
-    """Write `model` and `extra` to `path` atomically (an existing file is replaced only once the new one is complete)."""
+def save_model(model: nn.Module, path: str | os.PathLike, *, half: bool = False, **extra) -> Path:
+    """Write `model` and `extra` to `path` atomically (an existing file is replaced only once the new one is complete).
+
+    half: store floating-point weights as float16, halving the file (for shipping); loading casts
+    them back to the model's float32, so only the rounding of the weights changes.
+    """
     name = getattr(model, "model_name", None)
     if name not in MODELS or not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise CheckpointError("only models made by lightsv.build_model can be saved (need model_name and config)")
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     checkpoint = {
         "format": FORMAT, "version": VERSION, "model": name,
         "config": dataclasses.asdict(model.config),
         "tuners": list(getattr(model, "tuners", [])),
-        "state_dict": model.state_dict(), "extra": extra,
+        "state_dict": state, "extra": extra,
     }
+    return write_checkpoint(checkpoint, path)
+
+
+def update_extra(path: str | os.PathLike, out: str | os.PathLike | None = None, **extra) -> Path:
+    """Merge `extra` into the metadata of the checkpoint at `path` (or of a copy at `out`); weights untouched."""
+    load_model(path)  # refuse to touch anything that is not a loadable checkpoint
+    checkpoint = read_checkpoint(path)
+    checkpoint["extra"] = {**checkpoint.get("extra", {}), **extra}
+    return write_checkpoint(checkpoint, path if out is None else out)
+
+
+def write_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -76,7 +95,7 @@ def load_model(path: str | os.PathLike, *, return_extra: bool = False):
                            for what, keys in (("missing", missing), ("unexpected", unexpected),
                                               ("wrong shape", wrong)) if keys)
         raise CheckpointError(f"{path}: weights do not match its config ({detail})")
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict(checkpoint["state_dict"])  # copy_ casts float16-stored weights back
     model.eval()
     return (model, checkpoint.get("extra", {})) if return_extra else model
 

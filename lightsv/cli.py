@@ -212,6 +212,8 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="write a DET curve")
     parser.add_argument("--out", metavar="FILE", help="write '<enroll> <test> <score> <target|nontarget>' lines")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
+    parser.add_argument("--calibrate", metavar="OUT", help="write a copy of the model (OUT may be the model itself) "
+                        "whose decision thresholds (EER point, false-accept rates 1 %% and 0.1 %%) come from these trials")
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -242,6 +244,10 @@ def _run_score(args: argparse.Namespace) -> int:
         if args.out:
             Path(args.out).write_text("".join(f"{e} {t} {s:.6f} {'target' if y else 'nontarget'}\n"
                                               for (e, t), s, y in zip(pairs, scores, labels)))
+        if args.calibrate:
+            from lightsv.calibrate import calibration, write_calibration
+
+            write_calibration(v.source, calibration(scores, labels, trials=Path(args.trials).name), out=args.calibrate)
         if args.plot:
             from lightsv.plots import det_plot
 

@@ -733,8 +733,9 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     return Trained(model, results, out)
 
 
-def export(exp_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Copy the model with the lowest dev EER of `exp_dir` (trained or fine-tuned) to `dest`."""
+def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:
+    """Copy the model with the lowest dev EER of `exp_dir` (trained or fine-tuned) to `dest`;
+    `half` stores its weights as float16 (the shipped size)."""
     exp_dir = Path(exp_dir)
     candidates = []
     for sub in (exp_dir, exp_dir / "finetune"):
@@ -746,8 +747,11 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
         raise ConfigError(f"{exp_dir}: no model.pt to export (run the training stage first)")
     eer, best = min(candidates, key=lambda x: x[0])
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, dest)
-    return Path(dest)
+    if not half:
+        shutil.copyfile(best, dest)
+        return Path(dest)
+    model, extra = load_model(best, return_extra=True)
+    return save_model(model, dest, half=True, **extra)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -777,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy the best model of an experiment folder")
     p.add_argument("exp_dir")
     p.add_argument("dest")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     return parser
 
 
@@ -785,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export":
-            print(export(args.exp_dir, args.dest))
+            print(export(args.exp_dir, args.dest, half=args.half))
             return 0
         config = load_config(args.config, args.overrides)
         if args.command in ("train", "finetune"):

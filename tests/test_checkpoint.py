@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lightsv
+import lightsv.checkpoint
 from lightsv import transform
 from lightsv.checkpoint import read_checkpoint
 
@@ -95,3 +96,31 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 def test_only_registered_models_are_saved(tmp_path):
     with pytest.raises(lightsv.CheckpointError, match="only models made by lightsv.build_model"):
         lightsv.save_model(torch.nn.Linear(2, 2), tmp_path / "m.pt")
+
+
+def test_half_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    torch.manual_seed(0)
+    model = transform.apply(lightsv.build_model("amcrn_small"), subsets=4)
+    full = lightsv.save_model(model, tmp_path / "full.pt")
+    half = lightsv.save_model(model, tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    again = lightsv.load_model(half)
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+    feats = torch.randn(2, 50, 80)
+    with torch.no_grad():
+        want = model.eval()(feats)
+        torch.testing.assert_close(again(feats), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+
+
+def test_update_extra_keeps_weights_and_other_metadata(tmp_path):
+    path = lightsv.save_model(lightsv.build_model("resnet18"), tmp_path / "m.pt", half=True, note="kept")
+    before = read_checkpoint(path)["state_dict"]
+    lightsv.checkpoint.update_extra(path, threshold=0.3)
+    after = read_checkpoint(path)
+    assert after["extra"] == {"note": "kept", "threshold": 0.3}
+    assert all(torch.equal(before[k], after["state_dict"][k]) for k in before)
+    text = tmp_path / "not.pt"
+    text.write_text("x")
+    with pytest.raises(lightsv.CheckpointError):
+        lightsv.checkpoint.update_extra(text, threshold=1.0)
+    assert text.read_text() == "x"

@@ -124,3 +124,15 @@ def test_score_errors_name_the_line_or_the_missing_files(capsys, model, trials, 
                    "2 of 3 files", "gone/also.wav", "ls19/nope.flac")
     one_line_error(*run(capsys, "score", tmp_path / "absent.txt", "--wav-root", EXAMPLES, "--model", model)[::2],
                    "absent.txt")
+
+
+def test_score_calibrate_writes_thresholds_the_verifier_uses(capsys, model, trials, tmp_path):
+    out = tmp_path / "calibrated.pt"
+    code, printed, _ = run(capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model, "--json",
+                           "--calibrate", out)
+    assert code == 0
+    result = json.loads(printed)
+    v = lightsv.Verifier.load(out)
+    assert v.threshold == pytest.approx(result["eer_threshold"])
+    assert v.calibration["trials"] == trials.name and set(v.calibration["far_thresholds"]) == {"0.01", "0.001"}
+    assert lightsv.Verifier.load(model).threshold is None  # the source model is left as it was

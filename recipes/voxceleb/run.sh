@@ -13,6 +13,8 @@ datadir=../../exp/voxceleb/data          # lists the configs read (../../exp is 
 exp=                                     # default: ../../exp/voxceleb/<config name>
 nproc=1                                  # processes (torchrun) for training and evaluation
 dest=                                    # stage 5 copies the selected model here too
+trials=$shared/speech/trials_dev.txt     # stage 5 calibrates the decision thresholds on these trials
+trials_root=$shared/speech/wav
 overrides=()                             # --set key=value, passed to every lightsv.trainer call
 
 while [ $# -gt 0 ]; do
@@ -69,7 +71,11 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  echo "stage 5: export the model with the lower dev EER"
-  python -m lightsv.trainer export "$exp" "$exp/final.pt"
+  echo "stage 5: export the model with the lower dev EER (float16 weights) and calibrate its thresholds"
+  python -m lightsv.trainer export "$exp" "$exp/final.pt" --half
+  # decision thresholds at the EER point and at false-accept rates of 1 % and 0.1 %, stored in the model
+  lightsv score "$trials" --wav-root "$trials_root" --model "$exp/final.pt" --calibrate "$exp/final.pt" \
+      --json --plot "$exp/final_det.png" > "$exp/final_score.json"
+  cat "$exp/final_score.json"
   [ -z "$dest" ] || { mkdir -p "$(dirname "$dest")"; cp "$exp/final.pt" "$dest"; echo "copied to $dest"; }
 fi

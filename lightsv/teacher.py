@@ -36,7 +36,7 @@ class ResemblyzerTeacher:
             from resemblyzer.audio import normalize_volume
         except ImportError as err:
             raise ConfigError("the resemblyzer teacher needs the optional 'teacher' extra "
-                              "(pip install 'lightsv[teacher]')") from err
+                              "(python -m lightsv.extras teacher)") from err
         self.encoder = VoiceEncoder(device, verbose=False)
         self.rate = rate
         self._normalise_volume = normalize_volume

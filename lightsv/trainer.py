@@ -39,6 +39,7 @@ from lightsv.plots import det_plot
 from lightsv.features import Fbank, FbankConfig
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
 from lightsv.models import build_model
+from lightsv.verifier import embed_batch
 
 log = logging.getLogger("lightsv.trainer")
 
@@ -347,16 +348,8 @@ def extract(model: nn.Module, paths: list[str], *, features: FbankConfig | None 
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, desc="embed", leave=False, disable=None)
-    with torch.no_grad():
-        for batch in batches:
-            size = max(len(wavs[p]) for p in batch)
-            x = torch.zeros(len(batch), size)
-            for i, p in enumerate(batch):
-                x[i, : len(wavs[p])] = torch.from_numpy(wavs[p])
-            lengths = torch.tensor([len(wavs[p]) for p in batch])
-            feats, frames = fbank(x.to(ctx.device), lengths.to(ctx.device))
-            emb = nn.functional.normalize(model(feats, frames), dim=1).cpu().numpy()
-            out.update(zip(batch, emb))
+    for batch in batches:
+        out.update(zip(batch, embed_batch(model, fbank, [wavs[p] for p in batch])))
     model.train(was_training)
     if ctx.world > 1:
         gathered = [None] * ctx.world

@@ -139,14 +139,7 @@ class Verifier:
         return load_audio(clip, sample_rate, min_seconds=self.min_seconds)
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
-        lengths = torch.tensor([len(w) for w in wavs])
-        batch = torch.zeros(len(wavs), int(lengths.max()))
-        for row, wav in zip(batch, wavs):
-            row[:len(wav)] = torch.from_numpy(wav)
-        with torch.inference_mode():
-            feats, frames = self.fbank(batch.to(self.device), lengths.to(self.device))
-            emb = self.model(feats, frames).float()
-        return nn.functional.normalize(emb, dim=1).cpu().numpy()
+        return embed_batch(self.model, self.fbank, wavs)
 
     def _probe_dim(self) -> int:
         return self._forward([np.zeros(SAMPLE_RATE, dtype=np.float32)]).shape[1]
@@ -273,6 +266,20 @@ class Verifier:
     def __repr__(self) -> str:
         return (f"Verifier({self.source!r}, model_id={self.model_id!r}, threshold={self.threshold!r}, "
                 f"score_norm={self.score_norm!r}, store={str(self.store.path)!r})")
+
+
+def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.ndarray:
+    """Unit-length embeddings [N, D] of waveforms, run as one zero-padded batch (exact: models pool
+    over valid frames only)."""
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for row, wav in zip(batch, wavs):
+        row[:len(wav)] = torch.from_numpy(wav)
+    with torch.inference_mode():
+        feats, frames = fbank(batch.to(device), lengths.to(device))
+        emb = model(feats, frames).float()
+    return nn.functional.normalize(emb, dim=1).cpu().numpy()
 
 
 def model_id(model: nn.Module) -> str:

@@ -12,6 +12,8 @@ clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv.
 
 import argparse
 import csv
+import importlib.util
+import tempfile
 import json
 import os
 import statistics
@@ -66,6 +68,28 @@ class Lightsv:
 
     def embed_raw(self, wav):
         return self.verifier.embed(wav, sample_rate=16000)
+
+
+class LightsvOnnx:
+    """The same model exported with its filterbank (export/export_onnx.py), run by onnxruntime on
+    one thread: the deployment path. Accuracy is the torch model's; only cost is measured."""
+
+    def __init__(self, path, tmp: Path):
+        import onnxruntime as ort
+
+        spec = importlib.util.spec_from_file_location("export_onnx", REPO / "export" / "export_onnx.py")
+        exporter = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(exporter)
+        model = lightsv.load_model(path)
+        onnx_path = exporter.export(model, str(tmp / "model.onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_path, options)
+        self.name = f"lightsv {Path(path).name} (onnxruntime)"
+        self.params = sum(p.numel() for p in model.parameters())
+
+    def embed_raw(self, wav):
+        return self.session.run(None, {"wav": wav[None], "lengths": np.array([len(wav)])})[0]
 
 
 def families(manifest: Path) -> dict[str, str]:
@@ -127,8 +151,17 @@ def main(argv=None) -> int:
         curves[system.name] = (scores, [t.label for t in trials])
     ours, peer = rows.values()
     ours["size_bytes"] = args.model.stat().st_size
-    ratios = {"latency": peer["latency_ms"] / ours["latency_ms"], "params": peer["params"] / ours["params"],
-              "macs": peer["macs_per_second"] / ours["macs_per_second"]}
+    ratios = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = LightsvOnnx(args.model, Path(tmp))
+            onnx_cost = cost(onnx, clip, args.repeats)
+        ours["onnxruntime"] = {"latency_ms": onnx_cost["latency_ms"]}
+        ratios["latency_onnxruntime"] = peer["latency_ms"] / onnx_cost["latency_ms"]
+    except ImportError:
+        print("onnxruntime not installed: no ONNX latency", file=sys.stderr)
+    ratios.update(latency=peer["latency_ms"] / ours["latency_ms"], params=peer["params"] / ours["params"],
+                  macs=peer["macs_per_second"] / ours["macs_per_second"])
     meta = {"command": "python benchmarks/default_model.py", "trials": "trials_dev.txt (shared/data/speech)",
             "load_average_at_start": load, "threads": 1, "clip_seconds": CLIP_SECONDS, "torch": torch.__version__}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +186,12 @@ def markdown(rows: dict, ratios: dict, meta: dict) -> str:
         lines.append(f"| {name} | {cell(r['overall'])} | {r['overall']['min_dcf']:.3f} | "
                      + " | ".join(cell(r["families"][f]) if f in r["families"] else "-" for f in fams)
                      + f" | {r['params']:,} | {r['macs_per_second'] / 1e6:.1f} | {r['latency_ms']:.1f} |")
-    lines += ["", f"resemblyzer / lightsv: latency x{ratios['latency']:.1f}, parameters x{ratios['params']:.1f}, "
-              f"MACs x{ratios['macs']:.1f}."]
+    ours = next(iter(rows.values()))
+    lines += ["", f"resemblyzer / lightsv: latency x{ratios['latency']:.1f} (torch)"
+              + (f", x{ratios['latency_onnxruntime']:.1f} (lightsv in onnxruntime, "
+                 f"{ours['onnxruntime']['latency_ms']:.1f} ms)" if "latency_onnxruntime" in ratios else "")
+              + f"; parameters x{ratios['params']:.1f}; MACs x{ratios['macs']:.1f}. "
+              f"lightsv model file: {ours['size_bytes']:,} bytes."]
     return "\n".join(lines) + "\n"
 
 

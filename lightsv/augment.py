@@ -48,7 +48,7 @@ class AugmentConfig:
         if any(s <= 0 or s == 1.0 for s in self.speeds):
             raise ConfigError(f"augment.speeds must be positive factors other than 1.0, got {list(self.speeds)}")
         if self.babble_speakers[0] < 1 or self.babble_speakers[1] < self.babble_speakers[0]:
-            raise ConfigError(f"augment.babble_speakers must be a range [low, high] with 1 <= low <= high")
+            raise ConfigError("augment.babble_speakers must be a range [low, high] with 1 <= low <= high")
 
 
 def _ratio(factor: float) -> tuple[int, int]:

@@ -5,7 +5,6 @@ with a tiny transformed AMCRN, 1.5 s crops and a fake teacher, so the whole file
 """
 
 import csv
-import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import soundfile as sf
 import torch
 import torch.multiprocessing as mp
 
-from lightsv import augment, data, trainer
+from lightsv import augment, data, distributed, evaluation, train_config, trainer
 from lightsv.errors import ConfigError
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
 from lightsv.teacher import TeacherCache, build_cache
@@ -206,7 +205,7 @@ def test_bad_configs_raise_config_error(tmp_path):
     (tmp_path / "wav").mkdir()
     root = tmp_path / "wav"
     good = f"data: {{root: {root}}}\n"
-    assert trainer.load_config(_write(tmp_path / "ok.yaml", good)).data.root == str(root)
+    assert train_config.load_config(_write(tmp_path / "ok.yaml", good)).data.root == str(root)
     cases = {
         "unknown key": good + "epochs: 3\nepoch: 3\n",
         "unknown nested key": good + "loss: {margn: 0.2}\n",
@@ -223,12 +222,12 @@ def test_bad_configs_raise_config_error(tmp_path):
     }
     for name, text in cases.items():
         with pytest.raises(ConfigError):
-            trainer.load_config(_write(tmp_path / "bad.yaml", text))
+            train_config.load_config(_write(tmp_path / "bad.yaml", text))
     with pytest.raises(ConfigError):
-        trainer.load_config(tmp_path / "absent.yaml")
+        train_config.load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError):
-        trainer.load_config(_write(tmp_path / "ok.yaml", good), ["epochs=zero"])
-    assert trainer.load_config(tmp_path / "ok.yaml", ["loss.margin=0.3", "transform={subsets: 2}"]).transform.subsets == 2
+        train_config.load_config(_write(tmp_path / "ok.yaml", good), ["epochs=zero"])
+    assert train_config.load_config(tmp_path / "ok.yaml", ["loss.margin=0.3", "transform={subsets: 2}"]).transform.subsets == 2
 
 
 # ----------------------------------------------------------------------------- training on real speech
@@ -283,8 +282,8 @@ def _config(corpus, **changes):
         "eval": {"bootstrap": 20},
     }
     for key, value in changes.items():
-        trainer._set(base, key, value)
-    return trainer.config_from_dict(base)
+        train_config._set(base, key, value)
+    return train_config.config_from_dict(base)
 
 
 def _weights(model):
@@ -302,7 +301,7 @@ def test_steps_reduce_the_loss(corpus):
     cache = TeacherCache.load(config.loss.teacher_cache)
     dataset = data.CropDataset(clips, 1.5, target=cache.target, target_dim=cache.dim)
     wav, labels, targets, weights = data.collate([dataset[(i, i)] for i in range(len(clips))])
-    model = trainer.build(config)
+    model = train_config.build(config)
     objective = trainer.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
     feats, _ = trainer.Fbank()(wav)
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.01)
@@ -350,7 +349,7 @@ def _distributed_worker(rank, world, store, config, out, paths):
     try:
         trained = trainer.train(config, out, progress=False)
         torch.save(_weights(trained.model), Path(out) / f"rank{rank}.pt")
-        emb = trainer.extract(trained.model, paths, ctx=trainer.setup("cpu"), batch_seconds=2.0)
+        emb = evaluation.extract(trained.model, paths, ctx=distributed.setup("cpu"), batch_seconds=2.0)
         torch.save(emb, Path(out) / f"emb{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -363,9 +362,9 @@ def test_two_process_gloo_training_and_extraction(corpus, tmp_path):
              nprocs=2, join=True)
     ranks = [torch.load(tmp_path / "out" / f"rank{r}.pt") for r in (0, 1)]
     assert _same(*ranks)
-    model = trainer.build(config)
+    model = train_config.build(config)
     model.load_state_dict(ranks[0])
-    single = trainer.extract(model, paths, batch_seconds=2.0)
+    single = evaluation.extract(model, paths, batch_seconds=2.0)
     for r in (0, 1):
         emb = torch.load(tmp_path / "out" / f"emb{r}.pt", weights_only=False)
         assert emb.keys() == single.keys()

@@ -1,0 +1,262 @@
+"""Recipe configuration: `TrainConfig` and its sections as dataclasses, read from plain YAML.
+
+`load_config(path, overrides)` checks every key and type (a ConfigError names the offending one),
+applies `key.sub=value` overrides, and resolves input paths relative to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+from torch import nn
+
+from lightsv import transform
+from lightsv.augment import AugmentConfig
+from lightsv.errors import ConfigError
+from lightsv.features import FbankConfig
+from lightsv.models import build_model
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # <root>/<speaker>/<session>/<utt>.<ext>
+    splits: str | None = None  # csv speaker,split; none: every speaker trains
+    train_split: str = "train"
+    unlabeled: list[str] = field(default_factory=list)  # folders or path lists: clips for distillation only
+    trials: str | None = None  # dev trial list for model selection, paths relative to trials_root
+    trials_root: str | None = None  # default: root
+    manifest: str | None = None  # csv path,source (paths relative to its folder): results per source family
+    min_seconds: float = 0.2
+    preload: bool = True
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ecapa_tdnn_small"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TransformConfig:
+    subsets: int = 4
+    share: bool = False
+    fusion: str = "sum"
+
+
+@dataclass
+class LossConfig:
+    aam_weight: float = 1.0
+    margin: float = 0.2
+    scale: float = 30.0
+    easy_margin: bool = False
+    margin_warmup: tuple[float, float] = (0.0, 0.0)  # epochs: margin 0 until the first, full from the second
+    distill_weight: float = 0.0
+    teacher_cache: str | None = None  # npz, built on first use when missing
+    teacher_rate: float = 2.0  # teacher windows per second when the cache is built
+    teacher_center: bool = False  # targets relative to the teacher's mean embedding
+    projection: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # or sgd
+    lr: float = 2e-3
+    final_lr: float = 2e-5
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine, exponential or constant, after the warm-up
+    warmup_epochs: float = 1.0
+    grad_clip: float = 5.0  # 0: off
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # epochs between dev evaluations
+    batch_seconds: float = 120.0  # audio per extraction batch (padding included)
+    max_seconds: float = 30.0  # longer utterances are cut
+    bootstrap: int = 1000
+    p_target: float = 0.01
+
+
+@dataclass
+class FinetuneConfig:
+    """Large-margin fine-tuning (Thienpondt et al., 2021): longer crops, bigger margin, lower rate."""
+    epochs: int = 0
+    crop_seconds: float = 4.0
+    margin: float = 0.4
+    lr: float = 1e-4
+    final_lr: float = 1e-5
+    warmup_epochs: float = 0.0
+    batch_size: int = 0  # 0: the training batch size
+    max_minutes: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    transform: TransformConfig | None = None
+    features: FbankConfig = field(default_factory=FbankConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    epochs: int = 20
+    max_minutes: float = 0.0  # wall-clock budget of the training loop; 0: none
+    steps_per_epoch: int = 0  # 0: labelled clips / batch size
+    batch_size: int = 64  # per process
+    per_speaker: int = 2
+    unlabeled_per_batch: int = 0
+    crop_seconds: float = 2.0
+    short_clips: str = "join"  # or repeat
+    patience: int = 0  # epochs without a better dev EER before stopping; 0: never stop early
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 42
+    threads: int = 1
+    device: str = "auto"
+
+
+def _convert(value, kind, where: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _convert(value, kind, where)
+    if dataclasses.is_dataclass(kind):
+        return _from_dict(kind, {} if value is None else value, where)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if not ok or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return kind(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if kind is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return origin(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    raise ConfigError(f"{where}: unsupported config type {kind}")
+
+
+def _from_dict(cls, data, where: str = "config"):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(names)})")
+    return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where != "config" else k) for k, v in data.items()})
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    tree[last] = value
+
+
+def config_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from plain data plus `key.sub=value` overrides (values parsed as YAML scalars)."""
+    data = json.loads(json.dumps(data or {}))  # a private copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        _set(data, key.strip(), yaml.safe_load(raw))
+    config = _from_dict(TrainConfig, data)
+    check(config)
+    return config
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML training config; relative data paths are relative to the working directory."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path}: not valid YAML ({err})") from None
+    try:
+        return config_from_dict(data if data is not None else {}, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"config {path}: {err}") from None
+
+
+def check(c: TrainConfig) -> None:
+    """Values and input files; the teacher cache may be missing (it is built on first use)."""
+    need = [("data.root", c.data.root, True)] + [(f"data.{k}", getattr(c.data, k), False)
+                                                 for k in ("splits", "trials", "trials_root", "manifest")]
+    need += [(f"data.unlabeled[{i}]", p, False) for i, p in enumerate(c.data.unlabeled)]
+    need += [(f"augment.noise_dirs[{i}]", p, False) for i, p in enumerate(c.augment.noise_dirs)]
+    need += [(f"augment.rir_dirs[{i}]", p, False) for i, p in enumerate(c.augment.rir_dirs)]
+    for name, path, required in need:
+        if required and not path:
+            raise ConfigError(f"{name} is required")
+        if path and not os.path.exists(path):
+            raise ConfigError(f"{name}: {path} does not exist")
+    positive = {"epochs": c.epochs, "batch_size": c.batch_size, "per_speaker": c.per_speaker,
+                "crop_seconds": c.crop_seconds, "threads": c.threads, "optim.lr": c.optim.lr,
+                "loss.scale": c.loss.scale, "eval.every": c.eval.every, "keep_checkpoints": c.keep_checkpoints}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    nonneg = {"max_minutes": c.max_minutes, "steps_per_epoch": c.steps_per_epoch, "patience": c.patience,
+              "loss.aam_weight": c.loss.aam_weight, "loss.distill_weight": c.loss.distill_weight,
+              "loss.margin": c.loss.margin, "unlabeled_per_batch": c.unlabeled_per_batch,
+              "finetune.epochs": c.finetune.epochs}
+    for name, value in nonneg.items():
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
+    if c.loss.aam_weight == 0 and c.loss.distill_weight == 0:
+        raise ConfigError("loss: aam_weight and distill_weight are both 0; nothing to train")
+    if c.loss.distill_weight > 0 and not c.loss.teacher_cache:
+        raise ConfigError("loss.distill_weight > 0 needs loss.teacher_cache (a path; built when missing)")
+    choices = {"optim.name": (c.optim.name, ("adamw", "sgd")),
+               "optim.schedule": (c.optim.schedule, ("cosine", "exponential", "constant")),
+               "short_clips": (c.short_clips, ("join", "repeat")),
+               "loss.projection": (c.loss.projection, ("auto", "none", "linear")),
+               "transform.fusion": (c.transform.fusion if c.transform else "sum", tuple(transform.FUSIONS))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    if c.model.options.get("feat_dim", c.features.n_mels) != c.features.n_mels:
+        raise ConfigError(f"model.options.feat_dim ({c.model.options['feat_dim']}) != features.n_mels ({c.features.n_mels})")
+    c.augment.check()
+
+
+def build(c: TrainConfig) -> nn.Module:
+    """The backbone a config describes (with the transformation module when configured)."""
+    model = build_model(c.model.name, **{"feat_dim": c.features.n_mels, **c.model.options})
+    if c.transform is not None:
+        transform.apply(model, subsets=c.transform.subsets, share=c.transform.share, fusion=c.transform.fusion)
+    return model
+
+

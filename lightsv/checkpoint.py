@@ -73,7 +73,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, unsafe globals)
-        raise CheckpointError(f"{path}: not a lightsv checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        why = ("it holds code or classes that safe (weights-only) loading refuses" if "Unsupported global" in str(err)
+               else f"cannot be read as a torch file: {type(err).__name__}")
+        raise CheckpointError(f"{path}: not a lightsv checkpoint ({why})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lightsv checkpoint (no '{FORMAT}' marker)")
     if checkpoint.get("version") != VERSION:

@@ -349,13 +349,7 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
             raise CheckpointError(f"{source}: calibration has no threshold at far={far:g} "
                                   f"(it has: eer, {', '.join(f'far={k}' for k in points) or 'no far points'})")
         value, what = matches[0], f"far_thresholds[{far:g}]"
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: calibration {what} is {value!r}, not a number") from None
-    if math.isnan(value):
-        raise CheckpointError(f"{source}: calibration {what} is NaN")
-    return norm, value
+    return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
 
 
 def _features(extra: dict, source: str) -> FbankConfig:
@@ -395,13 +389,13 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
-def _finite(value, name: str) -> float:
+def _finite(value, name: str, error: type[Exception] = ConfigError) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        raise error(f"{name} must be a number, got {value!r}") from None
     if math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got NaN")
+        raise error(f"{name} must be a number, got NaN")
     return value
 
 

@@ -19,11 +19,9 @@ USER_ERRORS = (LightsvError, FileNotFoundError, yaml.YAMLError)
 
 
 def _progress(items: list, desc: str):
-    # tqdm is optional; it stays silent when stderr is not a terminal (pipes, tests).
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
+    from tqdm import tqdm
+
+    # disable=None: silent when stderr is not a terminal (pipes, tests)
     return tqdm(items, desc=desc, file=sys.stderr, leave=False, disable=None)
 
 
@@ -115,20 +113,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     v = _verifier(args)
     for name, clips in speakers.items():
         v.enroll(name, clips[:args.enroll_clips])
-    rows, correct, top_right, tests = [], 0, 0, 0
-    for true_name, clips in speakers.items():
-        for clip in clips[args.enroll_clips:]:
-            emb = v.embed(clip)
-            scores = {name: v.score(v.speaker_embedding(name), emb) for name in speakers}
-            tests += 1
-            top_right += max(scores, key=scores.get) == true_name
-            for name, score in scores.items():
-                accept = None if v.threshold is None else score >= v.threshold
-                correct += accept == (name == true_name)
-                rows.append([name, f"{clip.parent.name}/{clip.name}", score, v.threshold,
-                             {None: "-", True: "yes", False: "no"}[accept], "yes" if name == true_name else "no"])
+    enrolled = {name: v.speaker_embedding(name) for name in speakers}
+    held_out = [(true_name, clip) for true_name, clips in speakers.items() for clip in clips[args.enroll_clips:]]
+    rows, correct, top_right = [], 0, 0
+    for (true_name, clip), emb in zip(held_out, v.embed_many([clip for _, clip in held_out])):
+        scores = {name: v.score(enrolled[name], emb) for name in speakers}
+        top_right += max(scores, key=scores.get) == true_name
+        for name, score in scores.items():
+            accept = None if v.threshold is None else score >= v.threshold
+            correct += accept == (name == true_name)
+            rows.append([name, f"{clip.parent.name}/{clip.name}", score, v.threshold,
+                         {None: "-", True: "yes", False: "no"}[accept], "yes" if name == true_name else "no"])
     print(_table(["speaker", "clip", "score", "threshold", "accept", "same speaker"], rows))
-    ranked = f"the best-scoring speaker is the right one for {top_right}/{tests} clips"
+    ranked = f"the best-scoring speaker is the right one for {top_right}/{len(held_out)} clips"
     if v.threshold is None:
         print(f"no threshold (this model has no calibration): {ranked}")
     else:

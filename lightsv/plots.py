@@ -8,10 +8,8 @@ from lightsv.errors import LightsvError
 
 def det_plot(systems: dict, path: str | os.PathLike, title: str = "") -> None:
     """Write one DET curve per system, `systems` = {label: (scores, labels)}, EER points marked."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise LightsvError("DET plots need matplotlib (pip install matplotlib)") from None
+    from matplotlib.figure import Figure
+
     eers = {name: metrics.eer(s, y) / 100 for name, (s, y) in systems.items()}
     # the usual DET window, widened for systems near chance so their curve stays in view
     hi = 0.5 if max(eers.values()) < 0.4 else 0.99

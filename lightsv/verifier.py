@@ -406,24 +406,11 @@ def _float_or_nan(text) -> float:
         return math.nan
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def _bar(total: int, progress: bool | None, batch_size: int):
-    if progress is False or (progress is None and total <= batch_size):
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    # disable=None: tqdm hides itself when stderr is not a terminal (pipes, logs, tests).
-    return tqdm(total=total, desc="embedding", unit="clip", file=sys.stderr, leave=False,
-                disable=None if progress is None else False)
+    from tqdm import tqdm
+
+    if progress is None:  # more than one batch, and tqdm hides itself when stderr is not a terminal
+        disable = True if total <= batch_size else None
+    else:
+        disable = not progress
+    return tqdm(total=total, desc="embedding", unit="clip", file=sys.stderr, leave=False, disable=disable)

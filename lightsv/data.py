@@ -151,17 +151,20 @@ class CropDataset(torch.utils.data.Dataset):
     A clip shorter than the crop is joined with other clips of the same speaker (`short="join"`;
     unlabeled clips and single-clip speakers fall back to repeating) or repeated (`short="repeat"`).
     `augment(wav, rng)` and `speed(rng)` come from lightsv.augment; `target(segments)` (the teacher)
-    maps the crop to a teacher embedding.  Items: wav [N] float32, label, target [D], target weight.
+    maps the crop to a teacher embedding.  With `keep_clean` the crop before `augment` (after any
+    speed change) comes too, for a teacher run in the training loop.  Items: wav [N] float32, label,
+    target [D], target weight, clean wav [N] (empty without `keep_clean`).
     """
 
     def __init__(self, clips: Sequence[Clip], crop_seconds: float, *, short: str = "join", preload: bool = True,
                  augment: Callable | None = None, target: Callable[[list[Segment]], np.ndarray] | None = None,
-                 target_dim: int = 0, speed: Callable | None = None, num_labels: int = 0):
+                 target_dim: int = 0, speed: Callable | None = None, num_labels: int = 0, keep_clean: bool = False):
         if short not in ("join", "repeat"):
             raise ConfigError(f"short clips: use 'join' or 'repeat', not {short!r}")
         self.clips = list(clips)
         self.crop = int(round(crop_seconds * SAMPLE_RATE))
         self.short, self.augment, self.target, self.target_dim, self.speed = short, augment, target, target_dim, speed
+        self.keep_clean = keep_clean
         self.num_labels = num_labels or (max((c.label for c in self.clips), default=-1) + 1)
         self.preload = preload
         self._audio: dict[int, np.ndarray] = {}
@@ -193,16 +196,18 @@ class CropDataset(torch.utils.data.Dataset):
         wav, _ = self._crop(int(rng.integers(len(self.clips))), length, rng, join=False)
         return wav
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
+    def __getitem__(self, item: tuple[int, int] | tuple[int, int, int]):
+        index, seed, *length = item  # a sampler may set the crop length (samples) per batch
+        crop = length[0] if length else self.crop
         rng = np.random.default_rng(seed)
         clip = self.clips[index]
         factor_index, factor = self.speed(rng) if self.speed else (0, 1.0)
-        need = int(math.ceil(self.crop * factor))
+        need = int(math.ceil(crop * factor))
         wav, segments = self._crop(index, need, rng, join=self.short == "join" and clip.label != UNLABELED)
         if factor != 1.0:
             from lightsv.augment import change_speed
-            wav = change_speed(wav, factor, self.crop)
+            wav = change_speed(wav, factor, crop)
+        clean = np.ascontiguousarray(wav, np.float32) if self.keep_clean else np.zeros(0, np.float32)
         if self.augment is not None:
             wav = self.augment(wav, rng)
         label = clip.label
@@ -213,7 +218,8 @@ class CropDataset(torch.utils.data.Dataset):
         # the teacher heard the clip at its own speed; a changed voice has no target
         if self.target is not None and factor == 1.0:
             target, weight = self.target(segments).astype(np.float32), 1.0
-        return torch.from_numpy(np.ascontiguousarray(wav, np.float32)), label, torch.from_numpy(target), weight
+        return (torch.from_numpy(np.ascontiguousarray(wav, np.float32)), label, torch.from_numpy(target), weight,
+                torch.from_numpy(clean))
 
     def _crop(self, index: int, length: int, rng: np.random.Generator, join: bool):
         pieces, segments, total = [], [], 0
@@ -249,9 +255,9 @@ def _clip_segments(segments: list[Segment], start: int, stop: int) -> list[Segme
 
 
 def collate(batch):
-    wavs, labels, targets, weights = zip(*batch)
+    wavs, labels, targets, weights, clean = zip(*batch)
     return (torch.stack(wavs), torch.tensor(labels, dtype=torch.long), torch.stack(targets),
-            torch.tensor(weights, dtype=torch.float32))
+            torch.tensor(weights, dtype=torch.float32), torch.stack(clean))
 
 
 class BalancedBatchSampler(torch.utils.data.Sampler):
@@ -260,11 +266,15 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
     Each global batch has `batch_size * world_size` items, speakers without replacement within
     it when there are enough, plus `unlabeled` teacher-only clips per rank drawn uniformly; rank r
     takes its own slice, so the union over ranks is the same global batch whatever the world size.
+    With `crop_range=(low, high)` (samples) every batch draws one crop length in it and its items
+    are `(clip index, seed, length)`: test clips are as short as 1 s, and a model only ever shown
+    2 s crops, or 1 s clips joined into 2 s, has not learnt them.
     Batch b of epoch e depends only on (seed, e, b): `set_epoch(e, start=b)` resumes mid-epoch.
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, batches_per_epoch: int, *, per_speaker: int = 1,
-                 unlabeled: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 unlabeled: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 crop_range: tuple[int, int] | None = None):
         labels = np.asarray(labels)
         if batch_size < 1 or unlabeled < 0 or unlabeled >= batch_size:
             raise ConfigError(f"batch size {batch_size} must exceed the unlabeled clips per batch ({unlabeled})")
@@ -278,7 +288,7 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         if unlabeled and not len(self.unlabeled_index):
             unlabeled = 0  # nothing to draw from: fill the batch with labelled clips instead
         self.batch_size, self.batches, self.per_speaker, self.unlabeled = batch_size, batches_per_epoch, per_speaker, unlabeled
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.crop_range = seed, rank, world_size, crop_range
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -295,10 +305,12 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         parts = [np.concatenate([rng.choice(self.speakers[s], self.per_speaker) for s in who])]
         if self.unlabeled:
             parts.append(rng.choice(self.unlabeled_index, self.unlabeled * self.world_size))
+        # drawn last, so a fixed-length run picks the same clips
+        length = (int(rng.integers(self.crop_range[0], self.crop_range[1] + 1)),) if self.crop_range else ()
         mine, offset = [], 0
         for part in parts:
             # a crop's seed follows its place in the global batch, so it does not depend on the rank
-            mine += [(int(part[i]), mix_seed(self.seed, self.epoch, number, offset + i))
+            mine += [(int(part[i]), mix_seed(self.seed, self.epoch, number, offset + i), *length)
                      for i in range(self.rank, len(part), self.world_size)]
             offset += len(part)
         return mine

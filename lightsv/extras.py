@@ -1,4 +1,4 @@
-"""Install an optional extra into the current interpreter: ``python -m lightsv.extras speechbrain|teacher``.
+"""Install optional extras into the current interpreter: ``python -m lightsv.extras speechbrain teacher``.
 
 torch is never replaced: pip runs with ``-c`` pinning the torch already installed (plus the repo's
 constraints.txt when run from a checkout). torchaudio on the registry is a CUDA build whose compiled
@@ -134,10 +134,12 @@ def install(extra: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightsv.extras", description=__doc__.splitlines()[0])
-    parser.add_argument("extra", choices=sorted(EXTRAS), help="the optional extra to install")
+    parser.add_argument("extras", nargs="+", choices=sorted(EXTRAS), metavar="EXTRA",
+                        help=f"optional extras to install ({', '.join(sorted(EXTRAS))})")
     args = parser.parse_args(argv)
     try:
-        install(args.extra)
+        for extra in args.extras:
+            install(extra)
     except ExtrasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

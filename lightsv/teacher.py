@@ -9,12 +9,14 @@ from the audio it actually contains without running the teacher during training.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lightsv.audio import load
 from lightsv.errors import ConfigError
@@ -177,3 +179,65 @@ def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | Non
     meta = {"teacher": getattr(teacher, "name", type(teacher).__name__), "rate": getattr(teacher, "rate", None)}
     return TeacherCache(paths, np.stack(utts), np.concatenate(windows), np.concatenate([[0], np.cumsum(counts)]),
                         np.concatenate(starts), np.concatenate(stops), np.array(lengths, np.int64), meta)
+
+
+class OnlineTeacher(torch.nn.Module):
+    """resemblyzer's GE2E encoder run on training crops as they are drawn, whole batches at once.
+
+    Cached windows can only describe the audio as recorded; run inside the training loop the
+    teacher also labels crops the cache never saw (sped-up voices, every crop position), so a
+    student can be taught on far more distinct voices than the corpus holds.  The mel front-end is
+    resemblyzer's (librosa's power mel, 25 ms / 10 ms, 40 bands, no log) written in torch; a crop
+    longer than the teacher's 1.6 s window is embedded as the mean of evenly spaced windows, as
+    resemblyzer embeds an utterance.  `forward(wav [B, N]) -> unit embeddings [B, 256]`.
+    """
+
+    WINDOW = 160  # frames per teacher window (1.6 s)
+
+    def __init__(self):
+        super().__init__()
+        try:
+            import librosa
+            from resemblyzer import VoiceEncoder
+        except ImportError as err:
+            raise ConfigError("the resemblyzer teacher needs the optional 'teacher' extra "
+                              "(python -m lightsv.extras teacher)") from err
+        self.encoder = VoiceEncoder("cpu", verbose=False).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mel", torch.from_numpy(librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)).float())
+        self.register_buffer("window", torch.hann_window(400, periodic=True))
+        self.register_buffer("center", torch.zeros(0))
+        self.name, self.dim = "resemblyzer", self.encoder.linear.out_features
+
+    def centre(self, wav: torch.Tensor) -> "OnlineTeacher":
+        """Make targets relative to the mean embedding of the crops `wav` (see TeacherCache.centre)."""
+        self.center = self(wav).mean(0)
+        return self
+
+    def target(self, wav: torch.Tensor) -> torch.Tensor:
+        emb = self(wav)
+        return torch.nn.functional.normalize(emb - self.center, dim=1) if self.center.numel() else emb
+
+    def mels(self, wav: torch.Tensor) -> torch.Tensor:
+        # resemblyzer raises quiet audio to -30 dBFS (never lowers it) before the mel
+        rms = wav.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-8)
+        wav = wav * (10.0 ** (-30.0 / 20.0) / rms).clamp(min=1.0)
+        spec = torch.stft(wav, 400, 160, window=self.window, center=True, pad_mode="constant",
+                          return_complex=True).abs().pow(2)
+        return (self.mel @ spec).transpose(1, 2)  # [B, T, 40]
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        mels = self.mels(wav)
+        frames = wav.shape[1] // 160
+        if frames < self.WINDOW:
+            # resemblyzer zero-pads a clip shorter than a window (the power mel of silence is 0)
+            mels = mels[:, :self.WINDOW]
+            return self.encoder(torch.nn.functional.pad(mels, (0, 0, 0, self.WINDOW - mels.shape[1])))
+        mels = mels[:, :frames]  # the last centred frame is half padding: 1.6 s is exactly one window
+        count = math.ceil((frames - self.WINDOW) / (self.WINDOW // 2)) + 1
+        starts = torch.linspace(0, frames - self.WINDOW, count).round().long().tolist()
+        windows = torch.cat([mels[:, s:s + self.WINDOW] for s in starts])  # [count * B, 160, 40]
+        emb = self.encoder(windows).view(count, len(wav), -1).mean(0)
+        return torch.nn.functional.normalize(emb, dim=1)

@@ -58,7 +58,8 @@ class LossConfig:
     easy_margin: bool = False
     margin_warmup: tuple[float, float] = (0.0, 0.0)  # epochs: margin 0 until the first, full from the second
     distill_weight: float = 0.0
-    teacher_cache: str | None = None  # npz, built on first use when missing
+    teacher: str = "cache"  # cache: windows embedded once; online: the teacher embeds every crop as drawn
+    teacher_cache: str | None = None  # npz, built on first use when missing (teacher: cache)
     teacher_rate: float = 2.0  # teacher windows per second when the cache is built
     teacher_center: bool = False  # targets relative to the teacher's mean embedding
     projection: str = "auto"
@@ -116,6 +117,7 @@ class TrainConfig:
     per_speaker: int = 2
     unlabeled_per_batch: int = 0
     crop_seconds: float = 2.0
+    crop_min_seconds: float = 0.0  # > 0: each batch's crop length is drawn from [this, crop_seconds]
     short_clips: str = "join"  # or repeat
     patience: int = 0  # epochs without a better dev EER before stopping; 0: never stop early
     keep_checkpoints: int = 3
@@ -235,13 +237,16 @@ def check(c: TrainConfig) -> None:
     for name, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{name} must not be negative, got {value}")
+    if c.crop_min_seconds and not 0 < c.crop_min_seconds <= c.crop_seconds:
+        raise ConfigError(f"crop_min_seconds must lie in (0, crop_seconds={c.crop_seconds}], got {c.crop_min_seconds}")
     if c.loss.aam_weight == 0 and c.loss.distill_weight == 0:
         raise ConfigError("loss: aam_weight and distill_weight are both 0; nothing to train")
-    if c.loss.distill_weight > 0 and not c.loss.teacher_cache:
+    if c.loss.distill_weight > 0 and c.loss.teacher == "cache" and not c.loss.teacher_cache:
         raise ConfigError("loss.distill_weight > 0 needs loss.teacher_cache (a path; built when missing)")
     choices = {"optim.name": (c.optim.name, ("adamw", "sgd")),
                "optim.schedule": (c.optim.schedule, ("cosine", "exponential", "constant")),
                "short_clips": (c.short_clips, ("join", "repeat")),
+               "loss.teacher": (c.loss.teacher, ("cache", "online")),
                "loss.projection": (c.loss.projection, ("auto", "none", "linear")),
                "transform.fusion": (c.transform.fusion if c.transform else "sum", tuple(transform.FUSIONS))}
     for name, (value, allowed) in choices.items():

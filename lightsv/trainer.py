@@ -1,7 +1,7 @@
 """Training of speaker-embedding models: `python -m lightsv.trainer train CONFIG OUT_DIR`.
 
-The objective is AAM softmax on speaker labels plus distillation onto cached teacher embeddings
-(any clip, labelled or not).  Runs single-process or under `torchrun` (DistributedDataParallel,
+The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
+clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher: online`).  Runs single-process or under `torchrun` (DistributedDataParallel,
 gloo on CPU, nccl on GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint
 that resumes exactly (batches and crops are functions of (seed, epoch, batch), see lightsv.data).
 """
@@ -24,10 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lightsv.audio import SAMPLE_RATE
 from lightsv.augment import Augmenter
 from lightsv.checkpoint import load_model, save_model
-from lightsv.data import (UNLABELED, BalancedBatchSampler, Clip, CropDataset, collate, find_audio, read_list,
-                          scan, select_split)
+from lightsv.data import (UNLABELED, BalancedBatchSampler, Clip, CropDataset, collate, find_audio, mix_seed,
+                          read_list, scan, select_split)
 from lightsv.distributed import Context, setup
 from lightsv.evaluation import evaluate
 from lightsv.train_config import OptimConfig, TrainConfig, build, load_config
@@ -175,22 +176,37 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
 
     clips, speakers = training_clips(c)
     n_labelled = sum(clip.label != UNLABELED for clip in clips)
-    cache = teacher_cache(c, clips, ctx, progress) if c.loss.distill_weight > 0 else None
+    online = c.loss.distill_weight > 0 and c.loss.teacher == "online"
+    cache = teacher_cache(c, clips, ctx, progress) if c.loss.distill_weight > 0 and not online else None
     if cache is not None and c.loss.teacher_center:
         cache.centre()
     aug = c.augment
     speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
     dataset = CropDataset(clips, c.crop_seconds, short=c.short_clips, preload=c.data.preload,
                           target=cache.target if cache else None, target_dim=cache.dim if cache else 0,
-                          num_labels=len(speakers))
+                          num_labels=len(speakers), keep_clean=online)
     augmenter = Augmenter(aug, babble=lambda rng, n: dataset.random_crop(rng, n))
     dataset.augment = augmenter if augmenter.enabled else None
     dataset.speed = augmenter.speed if aug.speed_prob > 0 else None
+    crop_range = None
+    if c.crop_min_seconds:
+        crop_range = (int(round(c.crop_min_seconds * SAMPLE_RATE)), int(round(c.crop_seconds * SAMPLE_RATE)))
     steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
     sampler = BalancedBatchSampler([clip.label for clip in clips], c.batch_size, steps, per_speaker=c.per_speaker,
-                                   unlabeled=c.unlabeled_per_batch, seed=c.seed, rank=ctx.rank, world_size=ctx.world)
+                                   unlabeled=c.unlabeled_per_batch, seed=c.seed, rank=ctx.rank, world_size=ctx.world,
+                                   crop_range=crop_range)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=c.data.workers, persistent_workers=False)
+
+    teacher = None
+    if online:
+        from lightsv.teacher import OnlineTeacher
+        teacher = OnlineTeacher().to(ctx.device)
+        if c.loss.teacher_center:
+            # the centre comes from a fixed draw of clean crops, so every rank and every resume agrees
+            draw = [dataset[(i * len(clips) // 256, mix_seed(c.seed, i))][4] for i in range(256)]
+            teacher.centre(torch.stack(draw).to(ctx.device))
+    teacher_dim = cache.dim if cache else teacher.dim if teacher else 0
 
     torch.manual_seed(c.seed)
     if stage == "finetune":
@@ -199,7 +215,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         model = build(c)
     aam = AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale,
                      c.loss.easy_margin) if c.loss.aam_weight > 0 else None
-    distill = DistillLoss(model.embed_dim, cache.dim, c.loss.projection) if cache else None
+    distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
     objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight)
     if stage == "finetune" and (root_out / "heads.pt").exists():
         heads = torch.load(root_out / "heads.pt", map_location="cpu", weights_only=True)
@@ -293,7 +309,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         if progress and ctx.main:
             from tqdm import tqdm
             bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{c.epochs}", leave=False, disable=None)
-        for wav, labels, targets, weights in bar:
+        for wav, labels, targets, weights, clean in bar:
+            if teacher is not None:
+                targets = teacher.target(clean.to(ctx.device))
+                weights = torch.ones(len(targets))
             if aam is not None:
                 aam.margin = margin_at(epoch + state["batch"] / steps, c.loss.margin, c.loss.margin_warmup)
             with torch.no_grad():

@@ -174,6 +174,23 @@ def test_scan_splits_trials_and_sampler(tmp_path):
         assert sum(labels[i] == -1 for i, _ in both) == 2 and len(ranks[0].batch(b)) == 5
 
 
+def test_sampler_draws_one_crop_length_per_batch(tmp_path):
+    labels = [0, 0, 1, 1, 2, 2, data.UNLABELED]
+    fixed = data.BalancedBatchSampler(labels, 5, 4, per_speaker=2, unlabeled=1, seed=3)
+    ranged = data.BalancedBatchSampler(labels, 5, 4, per_speaker=2, unlabeled=1, seed=3, crop_range=(16000, 32000))
+    lengths = set()
+    for number in range(4):
+        a, b = fixed.batch(number), ranged.batch(number)
+        assert [x[:2] for x in b] == a  # the same clips and seeds as without a range
+        assert len({x[2] for x in b}) == 1 and 16000 <= b[0][2] <= 32000
+        lengths.add(b[0][2])
+    assert len(lengths) > 1
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(3 * RATE, np.float32), RATE)
+    dataset = data.CropDataset([data.Clip(str(path), 0)], 2.0)
+    assert dataset[(0, 1)][0].shape == (2 * RATE,) and dataset[(0, 1, 12345)][0].shape == (12345,)
+
+
 def test_crops_join_short_clips(tmp_path):
     paths = []
     for i, seconds in enumerate((0.5, 0.3, 2.0)):
@@ -182,7 +199,7 @@ def test_crops_join_short_clips(tmp_path):
         paths.append(str(path))
     clips = [data.Clip(paths[0], 0), data.Clip(paths[1], 0), data.Clip(paths[2], 1)]
     dataset = data.CropDataset(clips, 1.0, target=lambda segs: np.array([len(segs)], np.float32), target_dim=1)
-    wav, label, target, weight = dataset[(0, 7)]
+    wav, label, target, weight, clean = dataset[(0, 7)]
     assert wav.shape == (RATE,) and wav.dtype == torch.float32 and label == 0
     assert set(np.round(wav.numpy().astype(float), 3).tolist()) == {0.1, 0.2}  # joined with the other clip of speaker 0
     assert target.item() >= 2 and weight == 1.0
@@ -300,7 +317,7 @@ def test_steps_reduce_the_loss(corpus):
     clips, speakers = trainer.training_clips(config)
     cache = TeacherCache.load(config.loss.teacher_cache)
     dataset = data.CropDataset(clips, 1.5, target=cache.target, target_dim=cache.dim)
-    wav, labels, targets, weights = data.collate([dataset[(i, i)] for i in range(len(clips))])
+    wav, labels, targets, weights, clean = data.collate([dataset[(i, i)] for i in range(len(clips))])
     model = train_config.build(config)
     objective = trainer.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
     feats, _ = trainer.Fbank()(wav)
@@ -369,3 +386,59 @@ def test_two_process_gloo_training_and_extraction(corpus, tmp_path):
         emb = torch.load(tmp_path / "out" / f"emb{r}.pt", weights_only=False)
         assert emb.keys() == single.keys()
         assert all(np.allclose(emb[k], single[k], atol=1e-5) for k in single)
+
+
+# ----------------------------------------------------------------------------- online teacher
+
+
+def test_online_teacher_reproduces_resemblyzer(speech_clip):
+    audio = pytest.importorskip("resemblyzer.audio")
+    from lightsv.audio import load
+    from lightsv.teacher import OnlineTeacher
+    wav = load(speech_clip[0])[: 3 * RATE]
+    teacher = OnlineTeacher()
+    ref = audio.wav_to_mel_spectrogram(audio.normalize_volume(wav, -30, increase_only=True))
+    mels = teacher.mels(torch.from_numpy(wav)[None])[0].numpy()
+    assert mels.shape == ref.shape and np.allclose(mels, ref, rtol=1e-4, atol=1e-6 * ref.max())
+    crop = audio.wav_to_mel_spectrogram(audio.normalize_volume(wav[:25600], -30, increase_only=True))
+    with torch.no_grad():
+        windows = teacher.encoder(torch.from_numpy(crop[None, :160]))
+        # a 3 s crop (300 whole frames): windows at frames 0, 70 and 140, averaged as resemblyzer does
+        three = teacher.encoder(torch.from_numpy(np.stack([ref[s:s + 160] for s in (0, 70, 140)])))
+    assert torch.allclose(teacher(torch.from_numpy(wav[:25600])[None]), windows, atol=1e-5)
+    expected = torch.nn.functional.normalize(three.mean(0, keepdim=True), dim=1)
+    assert torch.allclose(teacher(torch.from_numpy(wav)[None]), expected, atol=1e-5)
+    # a 1 s clip is zero-padded to one window, as resemblyzer pads it
+    short = audio.wav_to_mel_spectrogram(np.pad(audio.normalize_volume(wav[:RATE], -30, increase_only=True), (0, 9600)))
+    with torch.no_grad():
+        padded = teacher.encoder(torch.from_numpy(short[None, :160]))
+    assert torch.allclose(teacher(torch.from_numpy(wav[:RATE])[None]), padded, atol=1e-4)
+    # quiet audio is raised to the teacher's level, so only the voice decides the target
+    batch = torch.from_numpy(np.stack([0.01 * wav, 0.001 * wav]))
+    out = teacher(batch)
+    assert torch.allclose(out[0], out[1], atol=1e-4) and out.shape == (2, teacher.dim)
+    teacher.centre(batch)
+    target = teacher.target(batch)
+    assert torch.allclose(target.norm(dim=1), torch.ones(2)) and torch.allclose(teacher.center, out.mean(0))
+
+
+def test_dataset_keeps_the_clean_crop_for_the_teacher(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(2 * RATE)).astype(np.float32), RATE)
+    shifted = lambda wav, rng: wav + 1.0  # noqa: E731
+    dataset = data.CropDataset([data.Clip(str(path), 0)], 1.0, augment=shifted, keep_clean=True)
+    wav, _, _, weight, clean = dataset[(0, 3)]
+    assert clean.shape == wav.shape and torch.allclose(wav, clean + 1.0) and weight == 0.0
+    assert data.CropDataset([data.Clip(str(path), 0)], 1.0)[(0, 3)][4].numel() == 0
+
+
+def test_training_with_the_online_teacher(corpus, tmp_path):
+    pytest.importorskip("resemblyzer")
+    config = _config(corpus, **{"loss.teacher": "online", "loss.teacher_cache": None, "loss.teacher_center": True,
+                                "augment.speed_prob": 0.5, "epochs": 1})
+    first = trainer.train(config, tmp_path / "a", progress=False)
+    entry = first.results["history"][0]
+    assert 0.0 < entry["distill"] < 2.0 and not (tmp_path / "a" / "teacher.npz").exists()
+    assert _same(_weights(first.model), _weights(trainer.train(config, tmp_path / "b", progress=False).model))
+    with pytest.raises(ConfigError, match="loss.teacher"):
+        _config(corpus, **{"loss.teacher": "live"})

@@ -76,18 +76,9 @@ class DistillLoss(nn.Module):
     projection: "linear" (a learnt map, dropped after training), "none" (the embedding itself, which
     then lives in the teacher's space; needs equal sizes) or "auto" (none when the sizes agree).
     `weight` per row (0 for rows without a teacher target) weighs the mean.
-
-    With `center` (the teacher's mean embedding) both sides are compared as directions from it,
-    `normalize(student) - center` against `teacher - center`.  GE2E embeddings are non-negative and
-    share one large component (cos 0.65 between a crop and the mean), so a plain cosine is nearly
-    satisfied by that component alone; relative to the mean only speaker information is left to
-    copy.  The student's embedding still lands on the teacher's own (unit, uncentred) embedding,
-    the one point of the sphere on that direction, so its scores keep the teacher's calibration
-    across recording conditions (centred teacher scores lose it: pooled dev EER 12.5 % -> 19.1 %).
     """
 
-    def __init__(self, embed_dim: int, teacher_dim: int, projection: str = "auto",
-                 center: torch.Tensor | None = None):
+    def __init__(self, embed_dim: int, teacher_dim: int, projection: str = "auto"):
         super().__init__()
         if projection == "auto":
             projection = "none" if embed_dim == teacher_dim else "linear"
@@ -97,18 +88,9 @@ class DistillLoss(nn.Module):
         if projection not in ("none", "linear"):
             raise ConfigError(f"unknown distillation projection {projection!r}; use auto, none or linear")
         self.project = nn.Linear(embed_dim, teacher_dim) if projection == "linear" else nn.Identity()
-        if center is not None and center.shape != (teacher_dim,):
-            raise ConfigError(f"distillation centre: expected shape ({teacher_dim},), got {tuple(center.shape)}")
-        self.register_buffer("center", torch.zeros(0) if center is None else center.detach().float().clone())
-
-    def view(self, emb: torch.Tensor) -> torch.Tensor:
-        """The student embedding as the loss sees it (projected, and relative to the centre when set)."""
-        out = self.project(emb)
-        return F.normalize(out, dim=1) - self.center if self.center.numel() else out
 
     def forward(self, emb: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        target = target - self.center if self.center.numel() else target
-        distance = 1.0 - F.cosine_similarity(self.view(emb), target, dim=1, eps=1e-8)
+        distance = 1.0 - F.cosine_similarity(self.project(emb), target, dim=1, eps=1e-8)
         if weight is None:
             return distance.mean()
         return (distance * weight).sum() / weight.sum().clamp(min=1.0)

@@ -62,6 +62,14 @@ class TeacherCache:
         self.utterance, self.windows = utterance.astype(np.float32), windows.astype(np.float32)
         self.offsets, self.starts, self.stops = offsets, starts, stops
         self.lengths, self.meta = lengths, dict(meta or {})
+        # subtracted from crop targets when set: GE2E embeddings are non-negative, so a large shared
+        # component would otherwise dominate the cosine a student is trained on
+        self.center: np.ndarray | None = None
+
+    def centre(self) -> "TeacherCache":
+        """Make crop targets relative to the mean utterance embedding of the cache."""
+        self.center = self.utterance.mean(axis=0)
+        return self
 
     @property
     def dim(self) -> int:
@@ -95,7 +103,10 @@ class TeacherCache:
         for s in segments:
             vec, weight = self.crop(s.path, s.start, s.stop)
             total += _normalise(vec / weight) * (s.stop - s.start) if weight > 0 else 0.0
-        return _normalise(total).astype(np.float32)
+        total = _normalise(total)
+        if self.center is not None:
+            total = _normalise(total - self.center)
+        return total.astype(np.float32)
 
     def _find(self, key: str) -> int:
         try:
@@ -196,7 +207,17 @@ class OnlineTeacher(torch.nn.Module):
             p.requires_grad_(False)
         self.register_buffer("mel", torch.from_numpy(librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)).float())
         self.register_buffer("window", torch.hann_window(400, periodic=True))
+        self.register_buffer("center", torch.zeros(0))
         self.name, self.dim = "resemblyzer", self.encoder.linear.out_features
+
+    def centre(self, wav: torch.Tensor) -> "OnlineTeacher":
+        """Make targets relative to the mean embedding of the crops `wav` (see TeacherCache.centre)."""
+        self.center = self(wav).mean(0)
+        return self
+
+    def target(self, wav: torch.Tensor) -> torch.Tensor:
+        emb = self(wav)
+        return torch.nn.functional.normalize(emb - self.center, dim=1) if self.center.numel() else emb
 
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
         # resemblyzer raises quiet audio to -30 dBFS (never lowers it) before the mel

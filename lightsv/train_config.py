@@ -61,7 +61,7 @@ class LossConfig:
     teacher: str = "cache"  # cache: windows embedded once; online: the teacher embeds every crop as drawn
     teacher_cache: str | None = None  # npz, built on first use when missing (teacher: cache)
     teacher_rate: float = 2.0  # teacher windows per second when the cache is built
-    teacher_center: bool = False  # compare directions from the teacher's mean embedding (see DistillLoss)
+    teacher_center: bool = False  # targets relative to the teacher's mean embedding
     projection: str = "auto"
 
 

@@ -1,10 +1,9 @@
 """Training of speaker-embedding models: `python -m lightsv.trainer train CONFIG OUT_DIR`.
 
 The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
-clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher:
-online`).  Runs single-process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl on
-GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint that resumes exactly
-(batches and crops are functions of (seed, epoch, batch), see lightsv.data).
+clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher: online`).  Runs single-process or under `torchrun` (DistributedDataParallel,
+gloo on CPU, nccl on GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint
+that resumes exactly (batches and crops are functions of (seed, epoch, batch), see lightsv.data).
 """
 
 from __future__ import annotations
@@ -56,11 +55,7 @@ class Objective(nn.Module):
     def forward(self, feats, labels, targets, weights):
         emb = self.model(feats)
         zero = emb.new_zeros(())
-        # when the embedding itself is distilled relative to the teacher's mean, AAM spreads the
-        # classes in that same centred view: on the raw sphere it would fight the teacher's geometry
-        shared = self.distill is not None and isinstance(self.distill.project, nn.Identity)
-        view = self.distill.view(emb) if shared else emb
-        aam, acc = self.aam(view, labels) if self.aam is not None else (zero, zero)
+        aam, acc = self.aam(emb, labels) if self.aam is not None else (zero, zero)
         distill = self.distill(emb, targets, weights) if self.distill is not None else zero
         loss = self.aam_weight * aam + self.distill_weight * distill
         return loss, torch.stack([loss.detach(), aam.detach(), acc.detach(), distill.detach()])
@@ -183,6 +178,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     n_labelled = sum(clip.label != UNLABELED for clip in clips)
     online = c.loss.distill_weight > 0 and c.loss.teacher == "online"
     cache = teacher_cache(c, clips, ctx, progress) if c.loss.distill_weight > 0 and not online else None
+    if cache is not None and c.loss.teacher_center:
+        cache.centre()
     aug = c.augment
     speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
     dataset = CropDataset(clips, c.crop_seconds, short=c.short_clips, preload=c.data.preload,
@@ -201,16 +198,14 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=c.data.workers, persistent_workers=False)
 
-    teacher, center = None, None
+    teacher = None
     if online:
         from lightsv.teacher import OnlineTeacher
         teacher = OnlineTeacher().to(ctx.device)
         if c.loss.teacher_center:
             # the centre comes from a fixed draw of clean crops, so every rank and every resume agrees
             draw = [dataset[(i * len(clips) // 256, mix_seed(c.seed, i))][4] for i in range(256)]
-            center = teacher(torch.stack(draw).to(ctx.device)).mean(0).cpu()
-    elif cache is not None and c.loss.teacher_center:
-        center = torch.from_numpy(cache.utterance.mean(0))
+            teacher.centre(torch.stack(draw).to(ctx.device))
     teacher_dim = cache.dim if cache else teacher.dim if teacher else 0
 
     torch.manual_seed(c.seed)
@@ -220,7 +215,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         model = build(c)
     aam = AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale,
                      c.loss.easy_margin) if c.loss.aam_weight > 0 else None
-    distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection, center) if teacher_dim else None
+    distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
     objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight)
     if stage == "finetune" and (root_out / "heads.pt").exists():
         heads = torch.load(root_out / "heads.pt", map_location="cpu", weights_only=True)
@@ -316,7 +311,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
             bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{c.epochs}", leave=False, disable=None)
         for wav, labels, targets, weights, clean in bar:
             if teacher is not None:
-                targets = teacher(clean.to(ctx.device))
+                targets = teacher.target(clean.to(ctx.device))
                 weights = torch.ones(len(targets))
             if aam is not None:
                 aam.margin = margin_at(epoch + state["batch"] / steps, c.loss.margin, c.loss.margin_warmup)

@@ -61,17 +61,6 @@ def test_margin_warmup_and_distill_loss():
     assert isinstance(DistillLoss(4, 3).project, torch.nn.Linear)
     with pytest.raises(ConfigError):
         DistillLoss(4, 3, projection="none")
-    # relative to a centre: only the direction from it counts, and the optimum is the target itself
-    center = torch.tensor([0.6, 0.6, 0.0])
-    centred = DistillLoss(3, 3, center=center)
-    target = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5, 0.2]]), dim=1)
-    assert centred(target * 4.0, target).item() == pytest.approx(0.0, abs=1e-6)
-    near = torch.nn.functional.normalize(target + torch.tensor([[0.0, 0.1, 0.0]]), dim=1)
-    expected = 1 - torch.cosine_similarity(near - center, target - center).item()
-    assert centred(near, target).item() == pytest.approx(expected, rel=1e-5) and expected > loss(near, target).item()
-    assert torch.allclose(centred.view(near * 3.0), near - center, atol=1e-6)
-    with pytest.raises(ConfigError):
-        DistillLoss(3, 3, center=torch.zeros(4))
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -137,6 +126,9 @@ def test_teacher_crop_mapping(tmp_path):
     expected = unit(unit(windows[0] + 0.5 * windows[1]) + unit(0.5 * windows[2] + windows[3]))
     assert np.allclose(mixed, expected, atol=1e-6)
     assert np.allclose(cache.embedding(str(path)), cache.utterance[0])
+    plain = cache.target([seg(str(path), 800, 3200)])
+    cache.centre()
+    assert np.allclose(cache.target([seg(str(path), 800, 3200)]), unit(plain - cache.utterance.mean(0)), atol=1e-6)
     with pytest.raises(ConfigError):
         cache.target([seg("nowhere.wav", 0, 10)])
     # reusing an existing cache embeds nothing again
@@ -425,6 +417,9 @@ def test_online_teacher_reproduces_resemblyzer(speech_clip):
     batch = torch.from_numpy(np.stack([0.01 * wav, 0.001 * wav]))
     out = teacher(batch)
     assert torch.allclose(out[0], out[1], atol=1e-4) and out.shape == (2, teacher.dim)
+    teacher.centre(batch)
+    target = teacher.target(batch)
+    assert torch.allclose(target.norm(dim=1), torch.ones(2)) and torch.allclose(teacher.center, out.mean(0))
 
 
 def test_dataset_keeps_the_clean_crop_for_the_teacher(tmp_path):

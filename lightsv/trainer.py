@@ -1,9 +1,10 @@
 """Training of speaker-embedding models: `python -m lightsv.trainer train CONFIG OUT_DIR`.
 
 The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
-clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher: online`).  Runs single-process or under `torchrun` (DistributedDataParallel,
-gloo on CPU, nccl on GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint
-that resumes exactly (batches and crops are functions of (seed, epoch, batch), see lightsv.data).
+clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher:
+online`).  Runs single-process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl on
+GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint that resumes exactly
+(batches and crops are functions of (seed, epoch, batch), see lightsv.data).
 """
 
 from __future__ import annotations
@@ -450,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
             setup(config.device)
             torch.set_num_threads(config.threads)
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+            if config.loss.distill_weight == 0 or config.loss.teacher == "online":
+                why = "no distillation" if config.loss.distill_weight == 0 else "the teacher runs during training"
+                print(f"{why}: there is no teacher cache to build")
+                return 0
             cache = teacher_cache(config)
             print(f"{config.loss.teacher_cache}: {len(cache)} clips, {cache.windows.shape[0]} windows")
         else:

@@ -5,6 +5,7 @@ with a tiny transformed AMCRN, 1.5 s crops and a fake teacher, so the whole file
 """
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -353,7 +354,6 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     results = evaluated.results["dev"]
     assert 0 <= results["overall"]["eer"] <= 100 and len(results["overall"]["eer_ci95"]) == 2
     assert set(results["families"]) <= {"arabic"}
-    import json
     import lightsv
     assert json.loads((tmp_path / "e" / "results.json").read_text())["dev"]["overall"]["eer"] == results["overall"]["eer"]
     model, extra = lightsv.load_model(tmp_path / "e" / "model.pt", return_extra=True)
@@ -432,10 +432,15 @@ def test_dataset_keeps_the_clean_crop_for_the_teacher(tmp_path):
     assert data.CropDataset([data.Clip(str(path), 0)], 1.0)[(0, 3)][4].numel() == 0
 
 
-def test_training_with_the_online_teacher(corpus, tmp_path):
+def test_training_with_the_online_teacher(corpus, tmp_path, capsys):
     pytest.importorskip("resemblyzer")
     config = _config(corpus, **{"loss.teacher": "online", "loss.teacher_cache": None, "loss.teacher_center": True,
                                 "augment.speed_prob": 0.5, "epochs": 1})
+    import dataclasses
+    import yaml
+    (tmp_path / "online.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config)))))
+    assert trainer.main(["teacher", str(tmp_path / "online.yaml")]) == 0  # recipe stage 1: nothing to cache
+    assert "no teacher cache to build" in capsys.readouterr().out
     first = trainer.train(config, tmp_path / "a", progress=False)
     entry = first.results["history"][0]
     assert 0.0 < entry["distill"] < 2.0 and not (tmp_path / "a" / "teacher.npz").exists()

@@ -11,7 +11,6 @@ clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv.
 """
 
 import argparse
-import csv
 import importlib.util
 import tempfile
 import json
@@ -28,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lightsv
 from lightsv import metrics
 from lightsv.data import read_trials
+from lightsv.evaluation import families
 from lightsv.plots import det_plot
 from lightsv.profile import EXTRA_FLOP_FORMULAS
 from lightsv.verifier import DEFAULT_MODEL
@@ -92,18 +92,13 @@ class LightsvOnnx:
         return self.session.run(None, {"wav": wav[None], "lengths": np.array([len(wav)])})[0]
 
 
-def families(manifest: Path) -> dict[str, str]:
-    with open(manifest, newline="") as f:
-        return {row["path"].removeprefix("wav/"): row["source"].split("-")[0] for row in csv.DictReader(f)}
-
-
 def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int) -> tuple[dict, np.ndarray]:
     files = sorted({p for t in trials for p in (t.enroll, t.test)})
     emb = dict(zip(files, system.embed_many([root / f for f in files])))
     emb = {k: v / np.linalg.norm(v) for k, v in emb.items()}
     scores = np.array([float(emb[t.enroll] @ emb[t.test]) for t in trials])
     labels = np.array([t.label for t in trials])
-    names = np.array([family.get(t.enroll, "unknown") for t in trials])
+    names = np.array([family.get(os.path.abspath(root / t.enroll), "unknown") for t in trials])
     result = {"overall": metrics.summary(scores, labels, bootstrap=bootstrap),
               "families": {n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap)
                            for n in sorted(set(names))}}
@@ -138,7 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     trials = read_trials(args.speech / "trials_dev.txt")
-    family = families(args.speech / "manifest.csv")
+    family = families(args.speech / "manifest.csv")  # keyed by absolute path
     clip = lightsv.audio.load(args.speech / "wav" / trials[0].enroll)
     clip = np.resize(clip, int(CLIP_SECONDS * 16000))  # repeat a short clip up to the timed length
     load = os.getloadavg()[0]

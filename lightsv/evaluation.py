@@ -59,7 +59,7 @@ def extract(model: nn.Module, paths: list[str], *, features: FbankConfig | None 
     return out
 
 
-def _families(manifest: str | None) -> dict[str, str]:
+def families(manifest: str | os.PathLike | None) -> dict[str, str]:
     """absolute path -> source family (the source tag up to its first '-')."""
     if not manifest:
         return {}
@@ -91,7 +91,7 @@ def evaluate(model: nn.Module, trials: str, root: str, *, manifest: str | None =
     scores = np.array([float(emb[resolve[t.enroll]] @ emb[resolve[t.test]]) for t in pairs])
     labels = np.array([t.label for t in pairs])
     result = {"trials": str(trials), "overall": metrics.summary(scores, labels, e.p_target, bootstrap), "families": {}}
-    family = _families(manifest)
+    family = families(manifest)
     if family:
         names = np.array([family.get(resolve[t.enroll], "unknown") if family.get(resolve[t.enroll]) == family.get(resolve[t.test])
                           else "mixed" for t in pairs])

@@ -7,8 +7,8 @@ Needs the teacher extra (python -m lightsv.extras teacher) and the corpus beside
 Embeddings are lightsv.teacher.OnlineTeacher's (resemblyzer's encoder and mel, no silence trimming).
 """
 
-import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from lightsv import metrics
 from lightsv.audio import load
 from lightsv.data import read_trials
+from lightsv.evaluation import families
 from lightsv.teacher import OnlineTeacher
 
 SPEECH = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech"
@@ -26,9 +27,9 @@ OUT = Path(__file__).resolve().parent / "results" / "teacher_centring.json"
 
 def main() -> None:
     torch.set_num_threads(1)
-    family = {row["path"].removeprefix("wav/"): row["source"].split("-")[0]
-              for row in csv.DictReader(open(SPEECH / "manifest.csv"))}
+    source = families(SPEECH / "manifest.csv")  # keyed by absolute path
     trials = read_trials(SPEECH / "trials_dev.txt")
+    family = {u: source[os.path.abspath(SPEECH / "wav" / u)] for t in trials for u in (t.enroll, t.test)}
     teacher = OnlineTeacher()
     utts = sorted({u for t in trials for u in (t.enroll, t.test)})
     emb = {u: teacher(torch.from_numpy(load(SPEECH / "wav" / u))[None])[0].numpy() for u in tqdm(utts, desc="teacher")}

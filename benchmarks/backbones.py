@@ -60,15 +60,23 @@ def main(argv=None) -> int:
         ours = next(r for r in rows if r["name"] == "ecapa_tdnn")
         rows.append({"name": "speechbrain ECAPA_TDNN (peer)", "model": "speechbrain", **with_ratios(result, ours)})
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/backbones.py", "torch": torch.__version__, "machine": platform.machine(),
-            "cpus": os.cpu_count(), "load_average_at_start": load, "seconds": args.seconds,
-            "threads": 1, "lightsv": lightsv.__version__}
+    meta = {
+        "command": "python benchmarks/backbones.py",
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load,
+        "seconds": args.seconds,
+        "threads": 1,
+        "lightsv": lightsv.__version__,
+    }
     (args.out / "backbones.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = profile_table(rows)
     (args.out / "backbones.md").write_text(
         f"Written by `{meta['command']}` (torch {meta['torch']}, {meta['cpus']} CPUs, load average "
         f"{load:.1f} at start; latency: one {args.seconds:g} s utterance, 1 thread, median of {args.repeats}).\n\n"
-        "```\n" + table + "\n```\n")
+        "```\n" + table + "\n```\n"
+    )
     print(table)
     return 0
 

@@ -1,6 +1,6 @@
 """The shipped default model against resemblyzer (pretrained GE2E), scored on the same trials in one run.
 
-    python benchmarks/default_model.py        # writes benchmarks/results/default_model.{json,md} and default_model_det.png
+    python benchmarks/default_model.py  # writes benchmarks/results/default_model.{json,md} and default_model_det.png
 
 Needs the dev data beside the repo (../shared/data/speech) and resemblyzer (`python -m lightsv.extras teacher`).
 Each system uses its own standard pipeline: lightsv's Verifier on the raw clip; resemblyzer's
@@ -12,11 +12,11 @@ clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv.
 
 import argparse
 import importlib.util
-import tempfile
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,14 +94,17 @@ class LightsvOnnx:
 
 def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int) -> tuple[dict, np.ndarray]:
     files = sorted({p for t in trials for p in (t.enroll, t.test)})
-    emb = dict(zip(files, system.embed_many([root / f for f in files])))
+    emb = dict(zip(files, system.embed_many([root / f for f in files]), strict=True))
     emb = {k: v / np.linalg.norm(v) for k, v in emb.items()}
     scores = np.array([float(emb[t.enroll] @ emb[t.test]) for t in trials])
     labels = np.array([t.label for t in trials])
     names = np.array([family.get(os.path.abspath(root / t.enroll), "unknown") for t in trials])
-    result = {"overall": metrics.summary(scores, labels, bootstrap=bootstrap),
-              "families": {n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap)
-                           for n in sorted(set(names))}}
+    result = {
+        "overall": metrics.summary(scores, labels, bootstrap=bootstrap),
+        "families": {
+            n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap) for n in sorted(set(names))
+        },
+    }
     return result, scores
 
 
@@ -120,8 +123,11 @@ def cost(system, wav: np.ndarray, repeats: int) -> dict:
             system.embed_raw(wav)
     finally:
         torch.set_num_threads(threads)
-    return {"params": system.params, "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS,
-            "latency_ms": 1000 * statistics.median(times)}
+    return {
+        "params": system.params,
+        "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS,
+        "latency_ms": 1000 * statistics.median(times),
+    }
 
 
 def main(argv=None) -> int:
@@ -155,13 +161,23 @@ def main(argv=None) -> int:
         ratios["latency_onnxruntime"] = peer["latency_ms"] / onnx_cost["latency_ms"]
     except ImportError:
         print("onnxruntime not installed: no ONNX latency", file=sys.stderr)
-    ratios.update(latency=peer["latency_ms"] / ours["latency_ms"], params=peer["params"] / ours["params"],
-                  macs=peer["macs_per_second"] / ours["macs_per_second"])
-    meta = {"command": "python benchmarks/default_model.py", "trials": "trials_dev.txt (shared/data/speech)",
-            "load_average_at_start": load, "threads": 1, "clip_seconds": CLIP_SECONDS, "torch": torch.__version__}
+    ratios.update(
+        latency=peer["latency_ms"] / ours["latency_ms"],
+        params=peer["params"] / ours["params"],
+        macs=peer["macs_per_second"] / ours["macs_per_second"],
+    )
+    meta = {
+        "command": "python benchmarks/default_model.py",
+        "trials": "trials_dev.txt (shared/data/speech)",
+        "load_average_at_start": load,
+        "threads": 1,
+        "clip_seconds": CLIP_SECONDS,
+        "torch": torch.__version__,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "default_model.json").write_text(json.dumps({"meta": meta, "systems": rows,
-                                                             "resemblyzer_over_lightsv": ratios}, indent=2))
+    (args.out / "default_model.json").write_text(
+        json.dumps({"meta": meta, "systems": rows, "resemblyzer_over_lightsv": ratios}, indent=2)
+    )
     det_plot(curves, args.out / "default_model_det.png", title="trials_dev.txt")
     (args.out / "default_model.md").write_text(markdown(rows, ratios, meta))
     print(markdown(rows, ratios, meta))
@@ -171,22 +187,35 @@ def main(argv=None) -> int:
 def markdown(rows: dict, ratios: dict, meta: dict) -> str:
     fams = sorted({f for r in rows.values() for f in r["families"]})
     cell = lambda s: f"{s['eer']:.2f} [{s['eer_ci95'][0]:.1f}, {s['eer_ci95'][1]:.1f}]"  # noqa: E731
-    lines = [f"Written by `{meta['command']}` on {meta['trials']} (load average {meta['load_average_at_start']:.1f} "
-             "at start). EER % [bootstrap 95 % interval]; minDCF at p_target 0.01; latency: one 3 s clip, "
-             "1 thread, waveform to embedding.", "",
-             "| system | EER overall | minDCF | " + " | ".join(f"EER {f}" for f in fams)
-             + " | params | M MACs/s | latency ms |",
-             "|---" * (6 + len(fams)) + "|"]
+    lines = [
+        f"Written by `{meta['command']}` on {meta['trials']} (load average {meta['load_average_at_start']:.1f} "
+        "at start). EER % [bootstrap 95 % interval]; minDCF at p_target 0.01; latency: one 3 s clip, "
+        "1 thread, waveform to embedding.",
+        "",
+        "| system | EER overall | minDCF | "
+        + " | ".join(f"EER {f}" for f in fams)
+        + " | params | M MACs/s | latency ms |",
+        "|---" * (6 + len(fams)) + "|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {cell(r['overall'])} | {r['overall']['min_dcf']:.3f} | "
-                     + " | ".join(cell(r["families"][f]) if f in r["families"] else "-" for f in fams)
-                     + f" | {r['params']:,} | {r['macs_per_second'] / 1e6:.1f} | {r['latency_ms']:.1f} |")
+        lines.append(
+            f"| {name} | {cell(r['overall'])} | {r['overall']['min_dcf']:.3f} | "
+            + " | ".join(cell(r["families"][f]) if f in r["families"] else "-" for f in fams)
+            + f" | {r['params']:,} | {r['macs_per_second'] / 1e6:.1f} | {r['latency_ms']:.1f} |"
+        )
     ours = next(iter(rows.values()))
-    lines += ["", f"resemblyzer / lightsv: latency x{ratios['latency']:.1f} (torch)"
-              + (f", x{ratios['latency_onnxruntime']:.1f} (lightsv in onnxruntime, "
-                 f"{ours['onnxruntime']['latency_ms']:.1f} ms)" if "latency_onnxruntime" in ratios else "")
-              + f"; parameters x{ratios['params']:.1f}; MACs x{ratios['macs']:.1f}. "
-              f"lightsv model file: {ours['size_bytes']:,} bytes."]
+    lines += [
+        "",
+        f"resemblyzer / lightsv: latency x{ratios['latency']:.1f} (torch)"
+        + (
+            f", x{ratios['latency_onnxruntime']:.1f} (lightsv in onnxruntime, "
+            f"{ours['onnxruntime']['latency_ms']:.1f} ms)"
+            if "latency_onnxruntime" in ratios
+            else ""
+        )
+        + f"; parameters x{ratios['params']:.1f}; MACs x{ratios['macs']:.1f}. "
+        f"lightsv model file: {ours['size_bytes']:,} bytes.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -34,10 +34,16 @@ def export(model: nn.Module, path: str, opset: int = 17) -> str:
     graph = EmbeddingGraph(model).eval()
     wav = torch.randn(2, 32000) * 0.1
     lengths = torch.tensor([32000, 24000])
-    torch.onnx.export(graph, (wav, lengths), path, input_names=["wav", "lengths"], output_names=["embedding"],
-                      dynamic_axes={"wav": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
-                                    "embedding": {0: "batch"}},
-                      opset_version=opset, dynamo=False)
+    torch.onnx.export(
+        graph,
+        (wav, lengths),
+        path,
+        input_names=["wav", "lengths"],
+        output_names=["embedding"],
+        dynamic_axes={"wav": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "embedding": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
     return path
 
 

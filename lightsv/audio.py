@@ -23,8 +23,22 @@ MIN_SECONDS = 0.1
 
 # Leading bytes of the containers soundfile reads: a file that starts like one of these but fails to
 # open has a corrupt header, anything else is not audio at all.
-_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"FORM", b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xfa",
-          b"\xff\xf3", b"\xff\xf2", b".snd", b"caff", b"NIST")
+_MAGIC = (
+    b"RIFF",
+    b"RIFX",
+    b"RF64",
+    b"FORM",
+    b"fLaC",
+    b"OggS",
+    b"ID3",
+    b"\xff\xfb",
+    b"\xff\xfa",
+    b"\xff\xf3",
+    b"\xff\xf2",
+    b".snd",
+    b"caff",
+    b"NIST",
+)
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 
@@ -43,8 +57,9 @@ def info(path: str | os.PathLike) -> sf._SoundFileInfo:
         raise AudioError(f"{name}: {_open_problem(path)} ({_short(exc)})") from exc
 
 
-def load(source, sample_rate: int | None = None, *, min_seconds: float = MIN_SECONDS,
-         max_seconds: float = MAX_SECONDS) -> np.ndarray:
+def load(
+    source, sample_rate: int | None = None, *, min_seconds: float = MIN_SECONDS, max_seconds: float = MAX_SECONDS
+) -> np.ndarray:
     """Return ``source`` as a 1-D float32 array at :data:`SAMPLE_RATE`, multichannel averaged to mono.
 
     ``source`` is a path (any format soundfile reads: wav, flac, ogg, mp3, ...) or a numpy array /

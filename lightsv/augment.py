@@ -41,8 +41,15 @@ class AugmentConfig:
     codec_prob: float = 0.0
 
     def check(self) -> None:
-        for name in ("noise_prob", "babble_prob", "reverb_prob", "speed_prob", "gain_prob", "bandlimit_prob",
-                     "codec_prob"):
+        for name in (
+            "noise_prob",
+            "babble_prob",
+            "reverb_prob",
+            "speed_prob",
+            "gain_prob",
+            "bandlimit_prob",
+            "codec_prob",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if any(s <= 0 or s == 1.0 for s in self.speeds):
@@ -140,9 +147,13 @@ class Augmenter:
         config.check()
         self.config, self.babble = config, babble
         from lightsv.data import find_audio
+
         self.noises = [p for d in config.noise_dirs for p in find_audio(d)]
         self.rir_files = [p for d in config.rir_dirs for p in find_audio(d)]
-        for name, dirs, files in (("noise_dirs", config.noise_dirs, self.noises), ("rir_dirs", config.rir_dirs, self.rir_files)):
+        for name, dirs, files in (
+            ("noise_dirs", config.noise_dirs, self.noises),
+            ("rir_dirs", config.rir_dirs, self.rir_files),
+        ):
             if dirs and not files:
                 raise ConfigError(f"augment.{name}: no audio files in {dirs}")
         self._rirs: dict[str, np.ndarray] = {}
@@ -150,8 +161,9 @@ class Augmenter:
     @property
     def enabled(self) -> bool:
         c = self.config
-        return any(p > 0 for p in (c.noise_prob, c.babble_prob, c.reverb_prob, c.gain_prob, c.bandlimit_prob,
-                                   c.codec_prob))
+        return any(
+            p > 0 for p in (c.noise_prob, c.babble_prob, c.reverb_prob, c.gain_prob, c.bandlimit_prob, c.codec_prob)
+        )
 
     def speed(self, rng: np.random.Generator) -> tuple[int, float]:
         """(1-based index into `speeds`, or 0 for unchanged; factor)."""
@@ -202,7 +214,7 @@ class Augmenter:
             rir = self._rirs.get(path)
             if rir is None:
                 rir = load(path, min_seconds=0.0)
-                rir = rir[int(np.argmax(np.abs(rir))):]  # start at the direct path, so speech stays aligned
+                rir = rir[int(np.argmax(np.abs(rir))) :]  # start at the direct path, so speech stays aligned
                 self._rirs[path] = rir = rir / np.sqrt(np.sum(rir**2) + 1e-10)
         else:
             rir = synthetic_rir(rng, rng.uniform(*self.config.rt60))

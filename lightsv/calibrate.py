@@ -25,8 +25,9 @@ DEFAULT_FARS = (0.01, 0.001)
 SCORE_NORMS = ("none", "asnorm")
 
 
-def calibration(scores, labels, *, fars=DEFAULT_FARS, trials: str | None = None, score_norm: str = "none",
-                **notes) -> dict:
+def calibration(
+    scores, labels, *, fars=DEFAULT_FARS, trials: str | None = None, score_norm: str = "none", **notes
+) -> dict:
     """The calibration dict for ``scores`` (higher = same speaker) with ``labels`` (1 target, 0 non-target).
 
     Keys: ``eer_threshold``; ``far_thresholds`` {str(far): threshold} (the lowest threshold whose

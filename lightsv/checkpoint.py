@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import lightsv.transform  # noqa: F401  (registers the "transform" tuner for replay)
 from lightsv.errors import CheckpointError, ConfigError
 from lightsv.models import MODELS, build_model
 from lightsv.tuners import replay
-import lightsv.transform  # noqa: F401  (registers the "transform" tuner for replay)
 
 FORMAT = "lightsv-checkpoint"
 VERSION = 1
@@ -35,10 +35,13 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, half: bool = False,
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     checkpoint = {
-        "format": FORMAT, "version": VERSION, "model": name,
+        "format": FORMAT,
+        "version": VERSION,
+        "model": name,
         "config": dataclasses.asdict(model.config),
         "tuners": list(getattr(model, "tuners", [])),
-        "state_dict": state, "extra": extra,
+        "state_dict": state,
+        "extra": extra,
     }
     return write_checkpoint(checkpoint, path)
 
@@ -73,8 +76,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, unsafe globals)
-        why = ("it holds code or classes that safe (weights-only) loading refuses" if "Unsupported global" in str(err)
-               else f"cannot be read as a torch file: {type(err).__name__}")
+        why = (
+            "it holds code or classes that safe (weights-only) loading refuses"
+            if "Unsupported global" in str(err)
+            else f"cannot be read as a torch file: {type(err).__name__}"
+        )
         raise CheckpointError(f"{path}: not a lightsv checkpoint ({why})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lightsv checkpoint (no '{FORMAT}' marker)")
@@ -93,9 +99,11 @@ def load_model(path: str | os.PathLike, *, return_extra: bool = False):
         raise CheckpointError(f"{path}: config does not build a model: {err}") from None
     missing, unexpected, wrong = _compare(model.state_dict(), checkpoint["state_dict"])
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("wrong shape", wrong)) if keys)
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
         raise CheckpointError(f"{path}: weights do not match its config ({detail})")
     model.load_state_dict(checkpoint["state_dict"])  # copy_ casts float16-stored weights back
     model.eval()
@@ -105,6 +113,9 @@ def load_model(path: str | os.PathLike, *, return_extra: bool = False):
 def _compare(expected: dict, found: dict) -> tuple[list[str], list[str], list[str]]:
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in found and getattr(found[k], "shape", None) != v.shape]
+    wrong = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and getattr(found[k], "shape", None) != v.shape
+    ]
     return missing, unexpected, wrong

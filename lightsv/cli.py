@@ -32,8 +32,14 @@ def _models():
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: all registered)")
-    parser.add_argument("--subsets", nargs="*", type=int, default=[2, 4], metavar="K",
-                        help="subset counts K for the transformation module (default: 2 4; none: plain only)")
+    parser.add_argument(
+        "--subsets",
+        nargs="*",
+        type=int,
+        default=[2, 4],
+        metavar="K",
+        help="subset counts K for the transformation module (default: 2 4; none: plain only)",
+    )
     parser.add_argument("--share", action="store_true", help="one narrow block shared by all subsets")
     parser.add_argument("--fusion", default="sum", help="cross-subset fusion (default: sum)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of audio per input (default: 3)")
@@ -56,8 +62,15 @@ def _run_profile(args: argparse.Namespace) -> int:
     variants = [{"subsets": k, "share": args.share, "fusion": args.fusion} for k in args.subsets]
     rows = []
     for name in names:
-        rows += profile_variants(name, variants, progress=lambda items: _progress(items, desc=name),
-                                 seconds=args.seconds, batch=args.batch, threads=args.threads, repeats=args.repeats)
+        rows += profile_variants(
+            name,
+            variants,
+            progress=lambda items, name=name: _progress(items, desc=name),
+            seconds=args.seconds,
+            batch=args.batch,
+            threads=args.threads,
+            repeats=args.repeats,
+        )
     print(json.dumps(rows, indent=2) if args.json else profile_table(rows))
     return 0
 
@@ -82,7 +95,9 @@ def _existing_db(path: str) -> str:
     from pathlib import Path
 
     if not Path(path).is_file():
-        raise LightsvError(f"{path}: no enrollment database (create one with 'lightsv enroll --db {path} NAME CLIP...')")
+        raise LightsvError(
+            f"{path}: no enrollment database (create one with 'lightsv enroll --db {path} NAME CLIP...')"
+        )
     return path
 
 
@@ -93,14 +108,19 @@ def _cell(value) -> str:
 def _table(header: list[str], rows: list[list]) -> str:
     cells = [header] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     _add_model(parser)
-    parser.add_argument("--enroll-clips", type=int, default=2, metavar="N",
-                        help="clips per example speaker to enroll; the rest are tested (default: 2)")
+    parser.add_argument(
+        "--enroll-clips",
+        type=int,
+        default=2,
+        metavar="N",
+        help="clips per example speaker to enroll; the rest are tested (default: 2)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -108,22 +128,31 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     speakers = example_clips()
     if not all(0 < args.enroll_clips < len(clips) for clips in speakers.values()):
-        raise ConfigError(f"--enroll-clips must leave at least one of each speaker's "
-                          f"{min(map(len, speakers.values()))} clips to test")
+        raise ConfigError(
+            f"--enroll-clips must leave at least one of each speaker's {min(map(len, speakers.values()))} clips to test"
+        )
     v = _verifier(args)
     for name, clips in speakers.items():
-        v.enroll(name, clips[:args.enroll_clips])
+        v.enroll(name, clips[: args.enroll_clips])
     enrolled = {name: v.speaker_embedding(name) for name in speakers}
-    held_out = [(true_name, clip) for true_name, clips in speakers.items() for clip in clips[args.enroll_clips:]]
+    held_out = [(true_name, clip) for true_name, clips in speakers.items() for clip in clips[args.enroll_clips :]]
     rows, correct, top_right = [], 0, 0
-    for (true_name, clip), emb in zip(held_out, v.embed_many([clip for _, clip in held_out])):
+    for (true_name, clip), emb in zip(held_out, v.embed_many([clip for _, clip in held_out]), strict=True):
         scores = {name: v.score(enrolled[name], emb) for name in speakers}
         top_right += max(scores, key=scores.get) == true_name
         for name, score in scores.items():
             accept = None if v.threshold is None else score >= v.threshold
             correct += accept == (name == true_name)
-            rows.append([name, f"{clip.parent.name}/{clip.name}", score, v.threshold,
-                         {None: "-", True: "yes", False: "no"}[accept], "yes" if name == true_name else "no"])
+            rows.append(
+                [
+                    name,
+                    f"{clip.parent.name}/{clip.name}",
+                    score,
+                    v.threshold,
+                    {None: "-", True: "yes", False: "no"}[accept],
+                    "yes" if name == true_name else "no",
+                ]
+            )
     print(_table(["speaker", "clip", "score", "threshold", "accept", "same speaker"], rows))
     ranked = f"the best-scoring speaker is the right one for {top_right}/{len(held_out)} clips"
     if v.threshold is None:
@@ -143,7 +172,9 @@ def _run_enroll(args: argparse.Namespace) -> int:
     with _verifier(args, db=args.db) as v:
         total = v.enroll(args.name, args.clips)
     result = {"speaker": args.name, "added": len(args.clips), "total": total}
-    print(json.dumps(result) if args.json else f"enrolled {args.name}: {len(args.clips)} clip(s) added, {total} in total")
+    print(
+        json.dumps(result) if args.json else f"enrolled {args.name}: {len(args.clips)} clip(s) added, {total} in total"
+    )
     return 0
 
 
@@ -183,8 +214,11 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(speakers, indent=2))
     else:
-        print(_table(["speaker", "clips", "updated"], [[s["name"], s["count"], s["updated"]] for s in speakers])
-              if speakers else "no speakers enrolled")
+        print(
+            _table(["speaker", "clips", "updated"], [[s["name"], s["count"], s["updated"]] for s in speakers])
+            if speakers
+            else "no speakers enrolled"
+        )
     return 0
 
 
@@ -196,29 +230,38 @@ def _add_delete(parser: argparse.ArgumentParser) -> None:
 def _run_delete(args: argparse.Namespace) -> int:
     with _store(args) as store:
         removed = store.delete(args.name)
-    print(json.dumps({"speaker": args.name, "removed": removed}) if args.json
-          else f"deleted {args.name} ({removed} embedding(s))")
+    print(
+        json.dumps({"speaker": args.name, "removed": removed})
+        if args.json
+        else f"deleted {args.name} ({removed} embedding(s))"
+    )
     return 0
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trials", metavar="TRIALS", help="trial list, VoxCeleb1 format: '<1|0> <enroll> <test>' per line")
+    parser.add_argument(
+        "trials", metavar="TRIALS", help="trial list, VoxCeleb1 format: '<1|0> <enroll> <test>' per line"
+    )
     parser.add_argument("--wav-root", required=True, metavar="DIR", help="folder the trial paths are relative to")
     _add_model(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument("--plot", metavar="PNG", help="write a DET curve")
     parser.add_argument("--out", metavar="FILE", help="write '<enroll> <test> <score> <target|nontarget>' lines")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
-    parser.add_argument("--calibrate", metavar="OUT", help="write a copy of the model (OUT may be the model itself) "
-                        "whose decision thresholds (EER point, false-accept rates 1 %% and 0.1 %%) come from these trials")
+    parser.add_argument(
+        "--calibrate",
+        metavar="OUT",
+        help="write a copy of the model (OUT may be the model itself) "
+        "whose decision thresholds (EER point, false-accept rates 1 %% and 0.1 %%) come from these trials",
+    )
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    import numpy as np
     from pathlib import Path
 
-    from lightsv import metrics
+    import numpy as np
 
+    from lightsv import metrics
     from lightsv.data import read_trials
 
     trials = read_trials(args.trials)
@@ -227,20 +270,31 @@ def _run_score(args: argparse.Namespace) -> int:
     files = sorted({p for pair in pairs for p in pair})
     missing = [f for f in files if not (root / f).is_file()]
     if missing:
-        raise LightsvError(f"{len(missing)} of {len(files)} files in {args.trials} are missing under {root}: "
-                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise LightsvError(
+            f"{len(missing)} of {len(files)} files in {args.trials} are missing under {root}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     v = _verifier(args)
-    emb = dict(zip(files, v.embed_many([root / f for f in files], batch_size=args.batch_size)))
+    emb = dict(zip(files, v.embed_many([root / f for f in files], batch_size=args.batch_size), strict=True))
     scores = np.array([float(emb[e] @ emb[t]) for e, t in pairs])
-    result = {"eer": metrics.eer(scores, labels), "min_dcf": metrics.min_dcf(scores, labels, p_target=0.01),
-              "min_dcf_005": metrics.min_dcf(scores, labels, p_target=0.05),
-              "eer_threshold": metrics.eer_threshold(scores, labels),
-              "n_target": int(labels.sum()), "n_nontarget": int(len(labels) - labels.sum()),
-              "n_files": len(files), "model_id": v.model_id}
+    result = {
+        "eer": metrics.eer(scores, labels),
+        "min_dcf": metrics.min_dcf(scores, labels, p_target=0.01),
+        "min_dcf_005": metrics.min_dcf(scores, labels, p_target=0.05),
+        "eer_threshold": metrics.eer_threshold(scores, labels),
+        "n_target": int(labels.sum()),
+        "n_nontarget": int(len(labels) - labels.sum()),
+        "n_files": len(files),
+        "model_id": v.model_id,
+    }
     try:
         if args.out:
-            Path(args.out).write_text("".join(f"{e} {t} {s:.6f} {'target' if y else 'nontarget'}\n"
-                                              for (e, t), s, y in zip(pairs, scores, labels)))
+            Path(args.out).write_text(
+                "".join(
+                    f"{e} {t} {s:.6f} {'target' if y else 'nontarget'}\n"
+                    for (e, t), s, y in zip(pairs, scores, labels, strict=True)
+                )
+            )
         if args.calibrate:
             from lightsv.calibrate import calibration, write_calibration
 
@@ -254,17 +308,27 @@ def _run_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{len(labels)} trials ({result['n_target']} target, {result['n_nontarget']} non-target), "
-              f"{len(files)} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
-              f"minDCF {result['min_dcf']:.4f} (p_target 0.01), {result['min_dcf_005']:.4f} (p_target 0.05)")
+        print(
+            f"{len(labels)} trials ({result['n_target']} target, {result['n_nontarget']} non-target), "
+            f"{len(files)} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
+            f"minDCF {result['min_dcf']:.4f} (p_target 0.01), {result['min_dcf_005']:.4f} (p_target 0.05)"
+        )
     return 0
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="recipe config (YAML), e.g. recipes/voxceleb/conf/default.yaml")
+    parser.add_argument(
+        "config", metavar="CONFIG", help="recipe config (YAML), e.g. recipes/voxceleb/conf/default.yaml"
+    )
     parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="experiment folder (default: exp/<config name>)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
 
 
@@ -278,16 +342,25 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
-    "profile": ("parameters, MACs per second, peak memory and latency of models, plain and "
-                "with the transformation module", _add_profile, _run_profile),
-    "demo": ("enroll the bundled example speakers and verify their held-out clips against each of them",
-             _add_demo, _run_demo),
+    "profile": (
+        "parameters, MACs per second, peak memory and latency of models, plain and with the transformation module",
+        _add_profile,
+        _run_profile,
+    ),
+    "demo": (
+        "enroll the bundled example speakers and verify their held-out clips against each of them",
+        _add_demo,
+        _run_demo,
+    ),
     "enroll": ("add clips of a speaker to an enrollment database", _add_enroll, _run_enroll),
     "verify": ("score a clip against an enrolled speaker and decide", _add_verify, _run_verify),
     "list": ("list the speakers of an enrollment database", _add_list, _run_list),
     "delete": ("remove a speaker from an enrollment database", _add_delete, _run_delete),
-    "score": ("EER and minDCF of a model on a trial list, with optional scores file and DET plot",
-              _add_score, _run_score),
+    "score": (
+        "EER and minDCF of a model on a trial list, with optional scores file and DET plot",
+        _add_score,
+        _run_score,
+    ),
     "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
 }
 

@@ -21,7 +21,7 @@ import torch
 from lightsv.audio import SAMPLE_RATE, load
 from lightsv.errors import ConfigError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 UNLABELED = -1
 
 
@@ -63,8 +63,12 @@ def scan(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) 
 def find_audio(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[str]:
     """Audio files anywhere under `root`, sorted (clips without speaker labels)."""
     extensions = tuple(e.lower() for e in extensions)
-    found = [str(Path(d) / n) for d, _, names in os.walk(root, followlinks=True) for n in names
-             if n.lower().endswith(extensions)]
+    found = [
+        str(Path(d) / n)
+        for d, _, names in os.walk(root, followlinks=True)
+        for n in names
+        if n.lower().endswith(extensions)
+    ]
     return sorted(found)
 
 
@@ -73,8 +77,11 @@ def read_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     base = path.parent
     with open(path) as f:
-        return [str(base / line) if not os.path.isabs(line) else line
-                for line in (raw.strip() for raw in f) if line and not line.startswith("#")]
+        return [
+            str(base / line) if not os.path.isabs(line) else line
+            for line in (raw.strip() for raw in f)
+            if line and not line.startswith("#")
+        ]
 
 
 def read_splits(path: str | os.PathLike) -> dict[str, str]:
@@ -86,8 +93,9 @@ def read_splits(path: str | os.PathLike) -> dict[str, str]:
         return {row["speaker"]: row["split"] for row in reader}
 
 
-def select_split(utterances: Sequence[Utterance], splits: dict[str, str] | str | os.PathLike | None,
-                 split: str | None) -> list[Utterance]:
+def select_split(
+    utterances: Sequence[Utterance], splits: dict[str, str] | str | os.PathLike | None, split: str | None
+) -> list[Utterance]:
     """The utterances of speakers in `split`; all of them when `splits` or `split` is None."""
     if splits is None or split is None:
         return list(utterances)
@@ -112,8 +120,9 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise ConfigError(f"trial list {path}, line {number}: expected '<1|0> <enroll> <test>', "
-                              f"got {line.strip()[:80]!r}")
+            raise ConfigError(
+                f"trial list {path}, line {number}: expected '<1|0> <enroll> <test>', got {line.strip()[:80]!r}"
+            )
         trials.append(Trial(int(fields[0]), fields[1], fields[2]))
     if not trials:
         raise ConfigError(f"trial list {path}: no trials")
@@ -135,6 +144,7 @@ class Clip:
 @dataclass(frozen=True)
 class Segment:
     """Samples [start, stop) of one source clip that a crop contains, for mapping to teacher windows."""
+
     path: str
     start: int
     stop: int
@@ -156,9 +166,20 @@ class CropDataset(torch.utils.data.Dataset):
     target [D], target weight, clean wav [N] (empty without `keep_clean`).
     """
 
-    def __init__(self, clips: Sequence[Clip], crop_seconds: float, *, short: str = "join", preload: bool = True,
-                 augment: Callable | None = None, target: Callable[[list[Segment]], np.ndarray] | None = None,
-                 target_dim: int = 0, speed: Callable | None = None, num_labels: int = 0, keep_clean: bool = False):
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        crop_seconds: float,
+        *,
+        short: str = "join",
+        preload: bool = True,
+        augment: Callable | None = None,
+        target: Callable[[list[Segment]], np.ndarray] | None = None,
+        target_dim: int = 0,
+        speed: Callable | None = None,
+        num_labels: int = 0,
+        keep_clean: bool = False,
+    ):
         if short not in ("join", "repeat"):
             raise ConfigError(f"short clips: use 'join' or 'repeat', not {short!r}")
         self.clips = list(clips)
@@ -206,6 +227,7 @@ class CropDataset(torch.utils.data.Dataset):
         wav, segments = self._crop(index, need, rng, join=self.short == "join" and clip.label != UNLABELED)
         if factor != 1.0:
             from lightsv.augment import change_speed
+
             wav = change_speed(wav, factor, crop)
         clean = np.ascontiguousarray(wav, np.float32) if self.keep_clean else np.zeros(0, np.float32)
         if self.augment is not None:
@@ -218,8 +240,13 @@ class CropDataset(torch.utils.data.Dataset):
         # the teacher heard the clip at its own speed; a changed voice has no target
         if self.target is not None and factor == 1.0:
             target, weight = self.target(segments).astype(np.float32), 1.0
-        return (torch.from_numpy(np.ascontiguousarray(wav, np.float32)), label, torch.from_numpy(target), weight,
-                torch.from_numpy(clean))
+        return (
+            torch.from_numpy(np.ascontiguousarray(wav, np.float32)),
+            label,
+            torch.from_numpy(target),
+            weight,
+            torch.from_numpy(clean),
+        )
 
     def _crop(self, index: int, length: int, rng: np.random.Generator, join: bool):
         pieces, segments, total = [], [], 0
@@ -239,7 +266,7 @@ class CropDataset(torch.utils.data.Dataset):
             k += 1
         joined = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
         start = int(rng.integers(len(joined) - length + 1))
-        return joined[start:start + length], _clip_segments(segments, start, start + length)
+        return joined[start : start + length], _clip_segments(segments, start, start + length)
 
 
 def _clip_segments(segments: list[Segment], start: int, stop: int) -> list[Segment]:
@@ -255,9 +282,14 @@ def _clip_segments(segments: list[Segment], start: int, stop: int) -> list[Segme
 
 
 def collate(batch):
-    wavs, labels, targets, weights, clean = zip(*batch)
-    return (torch.stack(wavs), torch.tensor(labels, dtype=torch.long), torch.stack(targets),
-            torch.tensor(weights, dtype=torch.float32), torch.stack(clean))
+    wavs, labels, targets, weights, clean = zip(*batch, strict=True)
+    return (
+        torch.stack(wavs),
+        torch.tensor(labels, dtype=torch.long),
+        torch.stack(targets),
+        torch.tensor(weights, dtype=torch.float32),
+        torch.stack(clean),
+    )
 
 
 class BalancedBatchSampler(torch.utils.data.Sampler):
@@ -272,22 +304,38 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
     Batch b of epoch e depends only on (seed, e, b): `set_epoch(e, start=b)` resumes mid-epoch.
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, batches_per_epoch: int, *, per_speaker: int = 1,
-                 unlabeled: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 crop_range: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        batches_per_epoch: int,
+        *,
+        per_speaker: int = 1,
+        unlabeled: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        crop_range: tuple[int, int] | None = None,
+    ):
         labels = np.asarray(labels)
         if batch_size < 1 or unlabeled < 0 or unlabeled >= batch_size:
             raise ConfigError(f"batch size {batch_size} must exceed the unlabeled clips per batch ({unlabeled})")
         if per_speaker < 1 or (batch_size - unlabeled) % per_speaker:
-            raise ConfigError(f"labelled clips per batch ({batch_size - unlabeled}) must be a multiple of "
-                              f"per_speaker ({per_speaker})")
+            raise ConfigError(
+                f"labelled clips per batch ({batch_size - unlabeled}) must be a multiple of per_speaker ({per_speaker})"
+            )
         self.speakers = [np.flatnonzero(labels == s) for s in np.unique(labels[labels != UNLABELED])]
         self.unlabeled_index = np.flatnonzero(labels == UNLABELED)
         if not self.speakers:
             raise ConfigError("no labelled clip to train on")
         if unlabeled and not len(self.unlabeled_index):
             unlabeled = 0  # nothing to draw from: fill the batch with labelled clips instead
-        self.batch_size, self.batches, self.per_speaker, self.unlabeled = batch_size, batches_per_epoch, per_speaker, unlabeled
+        self.batch_size, self.batches, self.per_speaker, self.unlabeled = (
+            batch_size,
+            batches_per_epoch,
+            per_speaker,
+            unlabeled,
+        )
         self.seed, self.rank, self.world_size, self.crop_range = seed, rank, world_size, crop_range
         self.epoch, self.start = 0, 0
 
@@ -310,8 +358,10 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         mine, offset = [], 0
         for part in parts:
             # a crop's seed follows its place in the global batch, so it does not depend on the rank
-            mine += [(int(part[i]), mix_seed(self.seed, self.epoch, number, offset + i), *length)
-                     for i in range(self.rank, len(part), self.world_size)]
+            mine += [
+                (int(part[i]), mix_seed(self.seed, self.epoch, number, offset + i), *length)
+                for i in range(self.rank, len(part), self.world_size)
+            ]
             offset += len(part)
         return mine
 

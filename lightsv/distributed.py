@@ -36,5 +36,3 @@ def setup(device: str = "auto") -> Context:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     return Context(rank, world, torch.device(device))
-
-

@@ -20,14 +20,22 @@ from lightsv.train_config import EvalConfig
 from lightsv.verifier import embed_batch
 
 
-def extract(model: nn.Module, paths: list[str], *, features: FbankConfig | None = None, batch_seconds: float = 120.0,
-            max_seconds: float = 30.0, ctx: Context | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+def extract(
+    model: nn.Module,
+    paths: list[str],
+    *,
+    features: FbankConfig | None = None,
+    batch_seconds: float = 120.0,
+    max_seconds: float = 30.0,
+    ctx: Context | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Unit-length embeddings of whole utterances, batched by length; under a process group each rank
     embeds its share of `paths` and every rank returns all of them."""
     ctx = ctx or Context()
     fbank = Fbank(features).to(ctx.device)
     paths = sorted(set(paths))
-    mine = paths[ctx.rank::ctx.world]
+    mine = paths[ctx.rank :: ctx.world]
     wavs = {}
     for p in mine:
         wav = load(p, min_seconds=0.0)[: int(max_seconds * SAMPLE_RATE)]
@@ -48,9 +56,10 @@ def extract(model: nn.Module, paths: list[str], *, features: FbankConfig | None 
     model.eval()
     if progress:
         from tqdm import tqdm
+
         batches = tqdm(batches, desc="embed", leave=False, disable=None)
     for batch in batches:
-        out.update(zip(batch, embed_batch(model, fbank, [wavs[p] for p in batch])))
+        out.update(zip(batch, embed_batch(model, fbank, [wavs[p] for p in batch]), strict=True))
     model.train(was_training)
     if ctx.world > 1:
         gathered = [None] * ctx.world
@@ -64,6 +73,7 @@ def families(manifest: str | os.PathLike | None) -> dict[str, str]:
     if not manifest:
         return {}
     import csv
+
     base = Path(manifest).parent
     with open(manifest, newline="") as f:
         reader = csv.DictReader(f)
@@ -72,9 +82,18 @@ def families(manifest: str | os.PathLike | None) -> dict[str, str]:
         return {os.path.abspath(base / row["path"]): row["source"].split("-")[0] for row in reader}
 
 
-def evaluate(model: nn.Module, trials: str, root: str, *, manifest: str | None = None, features: FbankConfig | None = None,
-             eval_config: EvalConfig | None = None, bootstrap: int | None = None, ctx: Context | None = None,
-             progress: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    trials: str,
+    root: str,
+    *,
+    manifest: str | None = None,
+    features: FbankConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    bootstrap: int | None = None,
+    ctx: Context | None = None,
+    progress: bool = False,
+) -> dict:
     """Cosine scoring of a trial list: EER and minDCF overall and per source family, with bootstrap CIs.
 
     Also returns the raw `scores` and `labels` (lists) for DET plots.
@@ -86,20 +105,31 @@ def evaluate(model: nn.Module, trials: str, root: str, *, manifest: str | None =
     missing = [p for p in resolve.values() if not os.path.exists(p)]
     if missing:
         raise ConfigError(f"trial list {trials}: {len(missing)} files missing under {root}, e.g. {missing[0]}")
-    emb = extract(model, list(resolve.values()), features=features, batch_seconds=e.batch_seconds,
-                  max_seconds=e.max_seconds, ctx=ctx, progress=progress)
+    emb = extract(
+        model,
+        list(resolve.values()),
+        features=features,
+        batch_seconds=e.batch_seconds,
+        max_seconds=e.max_seconds,
+        ctx=ctx,
+        progress=progress,
+    )
     scores = np.array([float(emb[resolve[t.enroll]] @ emb[resolve[t.test]]) for t in pairs])
     labels = np.array([t.label for t in pairs])
     result = {"trials": str(trials), "overall": metrics.summary(scores, labels, e.p_target, bootstrap), "families": {}}
     family = families(manifest)
     if family:
-        names = np.array([family.get(resolve[t.enroll], "unknown") if family.get(resolve[t.enroll]) == family.get(resolve[t.test])
-                          else "mixed" for t in pairs])
+        names = np.array(
+            [
+                family.get(resolve[t.enroll], "unknown")
+                if family.get(resolve[t.enroll]) == family.get(resolve[t.test])
+                else "mixed"
+                for t in pairs
+            ]
+        )
         for name in sorted(set(names)):
             pick = names == name
             if 0 < labels[pick].sum() < pick.sum():
                 result["families"][name] = metrics.summary(scores[pick], labels[pick], e.p_target, bootstrap)
     result["scores"], result["labels"] = scores.tolist(), labels.tolist()
     return result
-
-

@@ -134,8 +134,13 @@ def install(extra: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightsv.extras", description=__doc__.splitlines()[0])
-    parser.add_argument("extras", nargs="+", choices=sorted(EXTRAS), metavar="EXTRA",
-                        help=f"optional extras to install ({', '.join(sorted(EXTRAS))})")
+    parser.add_argument(
+        "extras",
+        nargs="+",
+        choices=sorted(EXTRAS),
+        metavar="EXTRA",
+        help=f"optional extras to install ({', '.join(sorted(EXTRAS))})",
+    )
     args = parser.parse_args(argv)
     try:
         for extra in args.extras:

@@ -66,8 +66,10 @@ class Fbank(nn.Module):
         self.config = c = config or FbankConfig()
         self.win_length, self.hop_length = c.win_length, c.hop_length
         if not (self.hop_length > 0 and 0 < self.win_length <= c.n_fft):
-            raise ConfigError(f"fbank: need 0 < frame length ({self.win_length}) <= n_fft ({c.n_fft})"
-                              f" and a positive frame shift ({self.hop_length})")
+            raise ConfigError(
+                f"fbank: need 0 < frame length ({self.win_length}) <= n_fft ({c.n_fft})"
+                f" and a positive frame shift ({self.hop_length})"
+            )
         bank = mel_banks(c)  # [n_bins, n_mels]
         # Bins no triangle touches (DC, outside low/high_freq) are dropped from the DFT entirely.
         used = np.flatnonzero(bank.any(axis=1))
@@ -83,8 +85,9 @@ class Fbank(nn.Module):
             raise AudioError(f"fbank input: expected [batch, samples], got shape {tuple(wav.shape)}")
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
         if not tracing and wav.shape[1] < self.win_length:
-            raise AudioError(f"fbank input: {wav.shape[1]} samples is shorter than one frame"
-                             f" ({self.win_length} samples)")
+            raise AudioError(
+                f"fbank input: {wav.shape[1]} samples is shorter than one frame ({self.win_length} samples)"
+            )
         spec = nn.functional.conv1d(wav.to(self.dft.dtype).unsqueeze(1), self.dft, stride=self.hop_length)
         re, im = spec.chunk(2, dim=1)
         power = (re * re + im * im).transpose(1, 2)  # [B, T, bins]
@@ -96,7 +99,7 @@ class Fbank(nn.Module):
                 feats = feats - feats.mean(dim=1, keepdim=True)
             return feats, frame_lengths
         frame_lengths = self.frame_count(lengths.to(torch.long)).clamp(max=num_frames)
-        mask = (torch.arange(num_frames, device=wav.device)[None, :] < frame_lengths[:, None])
+        mask = torch.arange(num_frames, device=wav.device)[None, :] < frame_lengths[:, None]
         mask = mask.unsqueeze(-1).to(feats.dtype)
         if self.config.mean_norm:
             count = frame_lengths.clamp(min=1).to(feats.dtype)[:, None, None]

@@ -19,8 +19,9 @@ class AAMSoftmax(nn.Module):
     target logit becomes cos(theta) - m*sin(m) instead, which keeps it decreasing in theta.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0,
-                 easy_margin: bool = False):
+    def __init__(
+        self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0, easy_margin: bool = False
+    ):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"AAM softmax needs at least 2 classes, got {num_classes}")
@@ -83,8 +84,9 @@ class DistillLoss(nn.Module):
         if projection == "auto":
             projection = "none" if embed_dim == teacher_dim else "linear"
         if projection == "none" and embed_dim != teacher_dim:
-            raise ConfigError(f"distillation without projection needs embed_dim == teacher dim ({teacher_dim}), "
-                              f"got {embed_dim}")
+            raise ConfigError(
+                f"distillation without projection needs embed_dim == teacher dim ({teacher_dim}), got {embed_dim}"
+            )
         if projection not in ("none", "linear"):
             raise ConfigError(f"unknown distillation projection {projection!r}; use auto, none or linear")
         self.project = nn.Linear(embed_dim, teacher_dim) if projection == "linear" else nn.Identity()

@@ -186,8 +186,7 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
     tar, non = _split(scores, labels)
     rng = np.random.default_rng(seed)
     boot = [
-        _eer(rng.choice(tar, tar.size, replace=True), rng.choice(non, non.size, replace=True))
-        for _ in range(n_boot)
+        _eer(rng.choice(tar, tar.size, replace=True), rng.choice(non, non.size, replace=True)) for _ in range(n_boot)
     ]
     low, high = np.quantile(boot, [alpha / 2, 1.0 - alpha / 2])
     return float(low), float(high)
@@ -196,8 +195,12 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
 def summary(scores, labels, p_target: float = 0.01, bootstrap: int = 1000) -> dict:
     """EER (percent) with its bootstrap 95 % interval, minDCF and the trial counts, as one dict."""
     labels = np.asarray(labels)
-    out = {"eer": eer(scores, labels), "min_dcf": min_dcf(scores, labels, p_target=p_target),
-           "targets": int((labels == 1).sum()), "nontargets": int((labels == 0).sum())}
+    out = {
+        "eer": eer(scores, labels),
+        "min_dcf": min_dcf(scores, labels, p_target=p_target),
+        "targets": int((labels == 1).sum()),
+        "nontargets": int((labels == 0).sum()),
+    }
     if bootstrap:
         out["eer_ci95"] = list(eer_ci(scores, labels, n_boot=bootstrap))
     return out
@@ -285,6 +288,8 @@ def t_dcf(
     # The normaliser is the cost of the better trivial CM (pass everything or block everything).
     default = c0 + min(c1, c2)
     if default <= 0:
-        raise ScoresError("t-DCF is undefined: the ASV system alone already makes no costly error "
-                          "(e.g. it rejects every spoof), so there is nothing for a CM to improve")
+        raise ScoresError(
+            "t-DCF is undefined: the ASV system alone already makes no costly error "
+            "(e.g. it rejects every spoof), so there is nothing for a CM to improve"
+        )
     return float(np.min(c0 + c1 * pmiss_cm + c2 * pfa_cm) / default)

@@ -19,8 +19,9 @@ def det_plot(systems: dict, path: str | os.PathLike, title: str = "") -> None:
     ax.plot(*[metrics.probit([1e-3, hi])] * 2, ls=":", lw=0.8, color="gray")
     for name, (scores, labels) in systems.items():
         fpr, fnr, _ = metrics.det_curve(scores, labels)
-        line, = ax.plot(metrics.probit(fpr), metrics.probit(fnr), lw=1.5,
-                        label=f"{name} (EER {100 * eers[name]:.2f} %)")
+        (line,) = ax.plot(
+            metrics.probit(fpr), metrics.probit(fnr), lw=1.5, label=f"{name} (EER {100 * eers[name]:.2f} %)"
+        )
         ax.plot(metrics.probit(eers[name]), metrics.probit(eers[name]), "o", color=line.get_color())
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_ticks(metrics.probit([t / 100 for t in ticks]), [f"{t:g}" for t in ticks])

@@ -31,7 +31,9 @@ def _rnn_layer_flops(input_shape, weight_ih_shape, weight_hh_shape, *args, out_s
     layer does x @ W_ih^T and h @ W_hh^T, i.e. G*H*(I + H) MACs for G gates of hidden size H;
     like flop_counter's addmm formula this leaves out biases and element-wise gate math.
     """
-    macs = math.prod(input_shape[:-1]) * (weight_ih_shape[0] * weight_ih_shape[1] + weight_hh_shape[0] * weight_hh_shape[1])
+    macs = math.prod(input_shape[:-1]) * (
+        weight_ih_shape[0] * weight_ih_shape[1] + weight_hh_shape[0] * weight_hh_shape[1]
+    )
     return 2 * macs
 
 
@@ -145,8 +147,16 @@ def train_peak_bytes(model: nn.Module, feats: torch.Tensor, optimizer: str = "ad
     return tracker.peak
 
 
-def profile(model: nn.Module, seconds: float = 3.0, batch: int = 1, threads: int = 1, repeats: int = 10,
-            train_step: bool = True, optimizer: str = "adam", warmup: int = 2) -> dict:
+def profile(
+    model: nn.Module,
+    seconds: float = 3.0,
+    batch: int = 1,
+    threads: int = 1,
+    repeats: int = 10,
+    train_step: bool = True,
+    optimizer: str = "adam",
+    warmup: int = 2,
+) -> dict:
     """Profile `model` on `seconds` of random log-mel features ([batch, 100*seconds, model.feat_dim]).
 
     Returns a dict with:
@@ -165,8 +175,10 @@ def profile(model: nn.Module, seconds: float = 3.0, batch: int = 1, threads: int
         `repeats` runs after `warmup` runs; real_time_factor: that time / seconds of audio in it.
     """
     if seconds <= 0 or batch < 1 or threads < 1 or repeats < 1:
-        raise ConfigError(f"profile needs seconds > 0 and batch, threads, repeats >= 1; got "
-                          f"seconds={seconds}, batch={batch}, threads={threads}, repeats={repeats}")
+        raise ConfigError(
+            f"profile needs seconds > 0 and batch, threads, repeats >= 1; got "
+            f"seconds={seconds}, batch={batch}, threads={threads}, repeats={repeats}"
+        )
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     frames = max(1, round(seconds * FRAMES_PER_SECOND))
@@ -229,8 +241,12 @@ def _fmt(value, spec: str) -> str:
 def with_ratios(result: dict, plain: dict) -> dict:
     """`result` plus its params, MACs and latency as ratios to the `plain` profile."""
     ratio = lambda key: result[key] / plain[key] if plain.get(key) else None  # noqa: E731
-    return {**result, "params_ratio": ratio("params"), "macs_ratio": ratio("macs_per_second"),
-            "latency_ratio": ratio("latency_ms")}
+    return {
+        **result,
+        "params_ratio": ratio("params"),
+        "macs_ratio": ratio("macs_per_second"),
+        "latency_ratio": ratio("latency_ms"),
+    }
 
 
 def profile_variants(name: str, variants: list[dict], progress=iter, **options) -> list[dict]:
@@ -248,9 +264,20 @@ def profile_variants(name: str, variants: list[dict], progress=iter, **options) 
         plain = plain or result
         label = name
         if variant:
-            label += f" K={variant['subsets']} {variant.get('fusion', 'sum')}{' shared' if variant.get('share') else ''}"
-        rows.append({"name": label, "model": name, "subsets": None, "share": None, "fusion": None,
-                     **(variant or {}), **with_ratios(result, plain)})
+            label += (
+                f" K={variant['subsets']} {variant.get('fusion', 'sum')}{' shared' if variant.get('share') else ''}"
+            )
+        rows.append(
+            {
+                "name": label,
+                "model": name,
+                "subsets": None,
+                "share": None,
+                "fusion": None,
+                **(variant or {}),
+                **with_ratios(result, plain),
+            }
+        )
     return rows
 
 
@@ -262,19 +289,22 @@ def profile_table(rows: list[dict], baseline: dict | None = None) -> str:
     """
     with_ratios = baseline is not None or any("params_ratio" in r or "macs_ratio" in r for r in rows)
     width = max([len("model"), *(len(str(r["name"])) for r in rows)])
-    header = (f"{'model':<{width}} {'params':>12} {'M MACs/s':>10} {'inf MB':>8} {'train MB':>9} "
-              f"{'latency ms':>10}")
+    header = f"{'model':<{width}} {'params':>12} {'M MACs/s':>10} {'inf MB':>8} {'train MB':>9} {'latency ms':>10}"
     if with_ratios:
         header += f" {'params x':>8} {'MACs x':>7} {'latency x':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         inference, train = r.get("peak_memory_inference_bytes"), r.get("peak_memory_train_bytes")
-        line = (f"{r['name']:<{width}} {r['params']:>12,} {r['macs_per_second'] / 1e6:>10.1f} "
-                f"{_fmt(None if inference is None else inference / MB, '.2f'):>8} "
-                f"{_fmt(None if train is None else train / MB, '.2f'):>9} {r['latency_ms']:>10.2f}")
+        line = (
+            f"{r['name']:<{width}} {r['params']:>12,} {r['macs_per_second'] / 1e6:>10.1f} "
+            f"{_fmt(None if inference is None else inference / MB, '.2f'):>8} "
+            f"{_fmt(None if train is None else train / MB, '.2f'):>9} {r['latency_ms']:>10.2f}"
+        )
         if with_ratios:
-            line += (f" {_fmt(_ratio(r, baseline, 'params', 'params_ratio'), '.3f'):>8}"
-                     f" {_fmt(_ratio(r, baseline, 'macs_per_second', 'macs_ratio'), '.3f'):>7}"
-                     f" {_fmt(_ratio(r, baseline, 'latency_ms', 'latency_ratio'), '.3f'):>9}")
+            line += (
+                f" {_fmt(_ratio(r, baseline, 'params', 'params_ratio'), '.3f'):>8}"
+                f" {_fmt(_ratio(r, baseline, 'macs_per_second', 'macs_ratio'), '.3f'):>7}"
+                f" {_fmt(_ratio(r, baseline, 'latency_ms', 'latency_ratio'), '.3f'):>9}"
+            )
         lines.append(line)
     return "\n".join(lines)

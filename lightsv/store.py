@@ -54,8 +54,9 @@ def _now() -> str:
 class EnrollmentStore:
     """Speaker embeddings in the SQLite file at `path` (created if absent, which needs `model_id` and `dim`)."""
 
-    def __init__(self, path: str | os.PathLike, model_id: str | None = None, dim: int | None = None, *,
-                 timeout: float = 30.0):
+    def __init__(
+        self, path: str | os.PathLike, model_id: str | None = None, dim: int | None = None, *, timeout: float = 30.0
+    ):
         self.path, self.timeout, self._db = Path(path), float(timeout), None
         self._enroll_ok = model_id is not None
         if self.path.is_dir():
@@ -78,8 +79,10 @@ class EnrollmentStore:
                 meta = self._read_meta()
                 self.model_id, self.dim, self.created = meta["model_id"], int(meta["dim"]), meta["created"]
                 if model_id is not None and model_id != self.model_id:
-                    raise StoreError(f"{self.path}: made by model {self.model_id!r}, not {model_id!r}; "
-                                     "embeddings from different models cannot be mixed")
+                    raise StoreError(
+                        f"{self.path}: made by model {self.model_id!r}, not {model_id!r}; "
+                        "embeddings from different models cannot be mixed"
+                    )
                 if dim is not None and int(dim) != self.dim:
                     raise StoreError(f"{self.path}: holds {self.dim}-dim embeddings, not {dim}")
                 # Only now that the file is known to be ours may anything be written to it.
@@ -107,8 +110,10 @@ class EnrollmentStore:
         if not head:
             wal = Path(f"{self.path}-wal")
             if not creating:
-                raise StoreError(f"{self.path}: empty file, not an enrollment database "
-                                 "(open it with model_id and dim to initialise it)")
+                raise StoreError(
+                    f"{self.path}: empty file, not an enrollment database "
+                    "(open it with model_id and dim to initialise it)"
+                )
             # SQLite would delete a WAL beside an empty database; whatever that WAL holds is not ours to drop.
             if not os.access(self.path, os.W_OK) or (wal.exists() and wal.stat().st_size):
                 raise StoreError(f"{self.path}: empty file that cannot be initialised (read-only or has a WAL)")
@@ -127,9 +132,16 @@ class EnrollmentStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
-                ("model_id", model_id), ("dim", str(dim)), ("created", _now())])
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("format", FORMAT),
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("model_id", model_id),
+                    ("dim", str(dim)),
+                    ("created", _now()),
+                ],
+            )
 
     def _read_meta(self) -> dict:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -142,8 +154,10 @@ class EnrollmentStore:
         if meta.get("format") != FORMAT:
             raise StoreError(f"{self.path}: not a lightsv enrollment database (no lightsv meta table)")
         if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise StoreError(f"{self.path}: enrollment schema version {meta.get('schema_version')}, "
-                             f"this lightsv reads {SCHEMA_VERSION}")
+            raise StoreError(
+                f"{self.path}: enrollment schema version {meta.get('schema_version')}, "
+                f"this lightsv reads {SCHEMA_VERSION}"
+            )
         if not {"model_id", "dim", "created"} <= meta.keys() or not meta["dim"].isdigit():
             raise StoreError(f"{self.path}: database is corrupt (incomplete meta table)")
         return meta
@@ -200,14 +214,19 @@ class EnrollmentStore:
             now = _now()
             row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                speaker = self._db.execute("INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)",
-                                           (name, now, now)).lastrowid
+                speaker = self._db.execute(
+                    "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
+                ).lastrowid
             else:
                 speaker = row[0]
                 self._db.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
             self._db.executemany(
                 "INSERT INTO embeddings (speaker_id, vector, dim, created, source) VALUES (?, ?, ?, ?, ?)",
-                ((speaker, vector.tobytes(), self.dim, now, source) for vector, source in zip(vectors, sources)))
+                (
+                    (speaker, vector.tobytes(), self.dim, now, source)
+                    for vector, source in zip(vectors, sources, strict=True)
+                ),
+            )
             return self._db.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
 
     def _check_embeddings(self, embeddings) -> np.ndarray:
@@ -222,16 +241,19 @@ class EnrollmentStore:
         with np.errstate(over="ignore"):  # out-of-range values become inf and are refused just below
             vectors = np.ascontiguousarray(array, dtype="<f4")
         if not np.isfinite(vectors).all():
-            raise InvalidEnrollmentError(f"embeddings contain NaN or infinite values (rows "
-                                         f"{np.flatnonzero(~np.isfinite(vectors).all(axis=1))[:5].tolist()})")
+            raise InvalidEnrollmentError(
+                f"embeddings contain NaN or infinite values (rows "
+                f"{np.flatnonzero(~np.isfinite(vectors).all(axis=1))[:5].tolist()})"
+            )
         return vectors
 
     def embeddings(self, name: str) -> np.ndarray:
         """The speaker's embeddings [N, D] float32, in enrollment order."""
         with self._errors():
             speaker = self._speaker_id(name)
-            rows = self._db.execute("SELECT vector, dim FROM embeddings WHERE speaker_id = ? ORDER BY id",
-                                    (speaker,)).fetchall()
+            rows = self._db.execute(
+                "SELECT vector, dim FROM embeddings WHERE speaker_id = ? ORDER BY id", (speaker,)
+            ).fetchall()
         if any(dim != self.dim or len(blob) != 4 * self.dim for blob, dim in rows):
             raise StoreError(f"{self.path}: database is corrupt (an embedding of {name!r} is not {self.dim}-dim)")
         flat = np.frombuffer(b"".join(blob for blob, _ in rows), dtype="<f4")
@@ -242,9 +264,11 @@ class EnrollmentStore:
         with self._errors():
             rows = self._db.execute(
                 "SELECT s.name, count(e.id), s.created, s.updated FROM speakers s "
-                "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name").fetchall()
-        return [dict(name=name, count=count, created=created, updated=updated)
-                for name, count, created, updated in rows]
+                "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name"
+            ).fetchall()
+        return [
+            dict(name=name, count=count, created=created, updated=updated) for name, count, created, updated in rows
+        ]
 
     def delete(self, name: str) -> int:
         """Remove the speaker and all their embeddings; returns the number of embeddings removed."""
@@ -282,5 +306,6 @@ class EnrollmentStore:
 def _check_name(name) -> None:
     # Surrounding whitespace or control characters would make look-alike speakers and break listings.
     if not isinstance(name, str) or not name or name != name.strip() or not name.isprintable():
-        raise InvalidEnrollmentError(f"speaker name must be a non-empty printable string without "
-                                     f"surrounding whitespace, got {name!r}")
+        raise InvalidEnrollmentError(
+            f"speaker name must be a non-empty printable string without surrounding whitespace, got {name!r}"
+        )

@@ -37,8 +37,9 @@ class ResemblyzerTeacher:
             from resemblyzer import VoiceEncoder
             from resemblyzer.audio import normalize_volume
         except ImportError as err:
-            raise ConfigError("the resemblyzer teacher needs the optional 'teacher' extra "
-                              "(python -m lightsv.extras teacher)") from err
+            raise ConfigError(
+                "the resemblyzer teacher needs the optional 'teacher' extra (python -m lightsv.extras teacher)"
+            ) from err
         self.encoder = VoiceEncoder(device, verbose=False)
         self.rate = rate
         self._normalise_volume = normalize_volume
@@ -55,8 +56,17 @@ class ResemblyzerTeacher:
 class TeacherCache:
     """Cached teacher embeddings, keyed by audio path (as given when the cache was built)."""
 
-    def __init__(self, keys: Sequence[str], utterance: np.ndarray, windows: np.ndarray, offsets: np.ndarray,
-                 starts: np.ndarray, stops: np.ndarray, lengths: np.ndarray, meta: dict | None = None):
+    def __init__(
+        self,
+        keys: Sequence[str],
+        utterance: np.ndarray,
+        windows: np.ndarray,
+        offsets: np.ndarray,
+        starts: np.ndarray,
+        stops: np.ndarray,
+        lengths: np.ndarray,
+        meta: dict | None = None,
+    ):
         self.keys = list(keys)
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.utterance, self.windows = utterance.astype(np.float32), windows.astype(np.float32)
@@ -66,7 +76,7 @@ class TeacherCache:
         # component would otherwise dominate the cosine a student is trained on
         self.center: np.ndarray | None = None
 
-    def centre(self) -> "TeacherCache":
+    def centre(self) -> TeacherCache:
         """Make crop targets relative to the mean utterance embedding of the cache."""
         self.center = self.utterance.mean(axis=0)
         return self
@@ -120,9 +130,17 @@ class TeacherCache:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
         os.close(fd)
         try:
-            np.savez(tmp, keys=np.array(self.keys, dtype=str), utterance=self.utterance, windows=self.windows,
-                     offsets=self.offsets, starts=self.starts, stops=self.stops, lengths=self.lengths,
-                     meta=np.array(json.dumps({**self.meta, "version": CACHE_VERSION})))
+            np.savez(
+                tmp,
+                keys=np.array(self.keys, dtype=str),
+                utterance=self.utterance,
+                windows=self.windows,
+                offsets=self.offsets,
+                starts=self.starts,
+                stops=self.stops,
+                lengths=self.lengths,
+                meta=np.array(json.dumps({**self.meta, "version": CACHE_VERSION})),
+            )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -130,22 +148,31 @@ class TeacherCache:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TeacherCache":
+    def load(cls, path: str | os.PathLike) -> TeacherCache:
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
                 if meta.get("version") != CACHE_VERSION:
                     raise ConfigError(f"teacher cache {path}: version {meta.get('version')}, expected {CACHE_VERSION}")
-                return cls(f["keys"].tolist(), f["utterance"], f["windows"], f["offsets"], f["starts"], f["stops"],
-                           f["lengths"], meta)
+                return cls(
+                    f["keys"].tolist(),
+                    f["utterance"],
+                    f["windows"],
+                    f["offsets"],
+                    f["starts"],
+                    f["stops"],
+                    f["lengths"],
+                    meta,
+                )
         except (OSError, KeyError, ValueError) as err:
             if isinstance(err, ConfigError):
                 raise
             raise ConfigError(f"teacher cache {path}: unreadable ({err})") from None
 
 
-def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | None = None,
-                progress: bool = True) -> TeacherCache:
+def build_cache(
+    paths: Iterable[str], teacher=None, existing: TeacherCache | None = None, progress: bool = True
+) -> TeacherCache:
     """Embed every path with `teacher` (default: ResemblyzerTeacher()); entries of `existing` are reused.
 
     `teacher.embed(wav)` returns (utterance [D], windows [W, D], window starts, window stops) in samples.
@@ -155,6 +182,7 @@ def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | Non
     utts, windows, starts, stops, lengths, counts = [], [], [], [], [], []
     if progress:
         from tqdm import tqdm
+
         iterator = tqdm(paths, desc="teacher", unit="utt")
     else:
         iterator = paths
@@ -162,8 +190,13 @@ def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | Non
         if existing is not None and path in existing:
             i = existing.index[path]
             lo, hi = existing.offsets[i], existing.offsets[i + 1]
-            utt, win, st, sp, n = (existing.utterance[i], existing.windows[lo:hi], existing.starts[lo:hi],
-                                   existing.stops[lo:hi], existing.lengths[i])
+            utt, win, st, sp, n = (
+                existing.utterance[i],
+                existing.windows[lo:hi],
+                existing.starts[lo:hi],
+                existing.stops[lo:hi],
+                existing.lengths[i],
+            )
         else:
             wav = load(path, min_seconds=0.0)
             utt, win, st, sp = teacher.embed(wav)
@@ -177,8 +210,16 @@ def build_cache(paths: Iterable[str], teacher=None, existing: TeacherCache | Non
     if not utts:
         raise ConfigError("teacher cache: no audio to embed")
     meta = {"teacher": getattr(teacher, "name", type(teacher).__name__), "rate": getattr(teacher, "rate", None)}
-    return TeacherCache(paths, np.stack(utts), np.concatenate(windows), np.concatenate([[0], np.cumsum(counts)]),
-                        np.concatenate(starts), np.concatenate(stops), np.array(lengths, np.int64), meta)
+    return TeacherCache(
+        paths,
+        np.stack(utts),
+        np.concatenate(windows),
+        np.concatenate([[0], np.cumsum(counts)]),
+        np.concatenate(starts),
+        np.concatenate(stops),
+        np.array(lengths, np.int64),
+        meta,
+    )
 
 
 class OnlineTeacher(torch.nn.Module):
@@ -200,8 +241,9 @@ class OnlineTeacher(torch.nn.Module):
             import librosa
             from resemblyzer import VoiceEncoder
         except ImportError as err:
-            raise ConfigError("the resemblyzer teacher needs the optional 'teacher' extra "
-                              "(python -m lightsv.extras teacher)") from err
+            raise ConfigError(
+                "the resemblyzer teacher needs the optional 'teacher' extra (python -m lightsv.extras teacher)"
+            ) from err
         self.encoder = VoiceEncoder("cpu", verbose=False).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -210,7 +252,7 @@ class OnlineTeacher(torch.nn.Module):
         self.register_buffer("center", torch.zeros(0))
         self.name, self.dim = "resemblyzer", self.encoder.linear.out_features
 
-    def centre(self, wav: torch.Tensor) -> "OnlineTeacher":
+    def centre(self, wav: torch.Tensor) -> OnlineTeacher:
         """Make targets relative to the mean embedding of the crops `wav` (see TeacherCache.centre)."""
         self.center = self(wav).mean(0)
         return self
@@ -223,8 +265,11 @@ class OnlineTeacher(torch.nn.Module):
         # resemblyzer raises quiet audio to -30 dBFS (never lowers it) before the mel
         rms = wav.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-8)
         wav = wav * (10.0 ** (-30.0 / 20.0) / rms).clamp(min=1.0)
-        spec = torch.stft(wav, 400, 160, window=self.window, center=True, pad_mode="constant",
-                          return_complex=True).abs().pow(2)
+        spec = (
+            torch.stft(wav, 400, 160, window=self.window, center=True, pad_mode="constant", return_complex=True)
+            .abs()
+            .pow(2)
+        )
         return (self.mel @ spec).transpose(1, 2)  # [B, T, 40]
 
     @torch.no_grad()
@@ -233,11 +278,11 @@ class OnlineTeacher(torch.nn.Module):
         frames = wav.shape[1] // 160
         if frames < self.WINDOW:
             # resemblyzer zero-pads a clip shorter than a window (the power mel of silence is 0)
-            mels = mels[:, :self.WINDOW]
+            mels = mels[:, : self.WINDOW]
             return self.encoder(torch.nn.functional.pad(mels, (0, 0, 0, self.WINDOW - mels.shape[1])))
         mels = mels[:, :frames]  # the last centred frame is half padding: 1.6 s is exactly one window
         count = math.ceil((frames - self.WINDOW) / (self.WINDOW // 2)) + 1
         starts = torch.linspace(0, frames - self.WINDOW, count).round().long().tolist()
-        windows = torch.cat([mels[:, s:s + self.WINDOW] for s in starts])  # [count * B, 160, 40]
+        windows = torch.cat([mels[:, s : s + self.WINDOW] for s in starts])  # [count * B, 160, 40]
         emb = self.encoder(windows).view(count, len(wav), -1).mean(0)
         return torch.nn.functional.normalize(emb, dim=1)

@@ -89,6 +89,7 @@ class EvalConfig:
 @dataclass
 class FinetuneConfig:
     """Large-margin fine-tuning (Thienpondt et al., 2021): longer crops, bigger margin, lower rate."""
+
     epochs: int = 0
     crop_seconds: float = 4.0
     margin: float = 0.4
@@ -160,7 +161,7 @@ def _convert(value, kind, where: str):
             return origin(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     raise ConfigError(f"{where}: unsupported config type {kind}")
 
 
@@ -214,8 +215,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConf
 
 def check(c: TrainConfig) -> None:
     """Values and input files; the teacher cache may be missing (it is built on first use)."""
-    need = [("data.root", c.data.root, True)] + [(f"data.{k}", getattr(c.data, k), False)
-                                                 for k in ("splits", "trials", "trials_root", "manifest")]
+    need = [("data.root", c.data.root, True)] + [
+        (f"data.{k}", getattr(c.data, k), False) for k in ("splits", "trials", "trials_root", "manifest")
+    ]
     need += [(f"data.unlabeled[{i}]", p, False) for i, p in enumerate(c.data.unlabeled)]
     need += [(f"augment.noise_dirs[{i}]", p, False) for i, p in enumerate(c.augment.noise_dirs)]
     need += [(f"augment.rir_dirs[{i}]", p, False) for i, p in enumerate(c.augment.rir_dirs)]
@@ -224,16 +226,30 @@ def check(c: TrainConfig) -> None:
             raise ConfigError(f"{name} is required")
         if path and not os.path.exists(path):
             raise ConfigError(f"{name}: {path} does not exist")
-    positive = {"epochs": c.epochs, "batch_size": c.batch_size, "per_speaker": c.per_speaker,
-                "crop_seconds": c.crop_seconds, "threads": c.threads, "optim.lr": c.optim.lr,
-                "loss.scale": c.loss.scale, "eval.every": c.eval.every, "keep_checkpoints": c.keep_checkpoints}
+    positive = {
+        "epochs": c.epochs,
+        "batch_size": c.batch_size,
+        "per_speaker": c.per_speaker,
+        "crop_seconds": c.crop_seconds,
+        "threads": c.threads,
+        "optim.lr": c.optim.lr,
+        "loss.scale": c.loss.scale,
+        "eval.every": c.eval.every,
+        "keep_checkpoints": c.keep_checkpoints,
+    }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
-    nonneg = {"max_minutes": c.max_minutes, "steps_per_epoch": c.steps_per_epoch, "patience": c.patience,
-              "loss.aam_weight": c.loss.aam_weight, "loss.distill_weight": c.loss.distill_weight,
-              "loss.margin": c.loss.margin, "unlabeled_per_batch": c.unlabeled_per_batch,
-              "finetune.epochs": c.finetune.epochs}
+    nonneg = {
+        "max_minutes": c.max_minutes,
+        "steps_per_epoch": c.steps_per_epoch,
+        "patience": c.patience,
+        "loss.aam_weight": c.loss.aam_weight,
+        "loss.distill_weight": c.loss.distill_weight,
+        "loss.margin": c.loss.margin,
+        "unlabeled_per_batch": c.unlabeled_per_batch,
+        "finetune.epochs": c.finetune.epochs,
+    }
     for name, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{name} must not be negative, got {value}")
@@ -243,17 +259,21 @@ def check(c: TrainConfig) -> None:
         raise ConfigError("loss: aam_weight and distill_weight are both 0; nothing to train")
     if c.loss.distill_weight > 0 and c.loss.teacher == "cache" and not c.loss.teacher_cache:
         raise ConfigError("loss.distill_weight > 0 needs loss.teacher_cache (a path; built when missing)")
-    choices = {"optim.name": (c.optim.name, ("adamw", "sgd")),
-               "optim.schedule": (c.optim.schedule, ("cosine", "exponential", "constant")),
-               "short_clips": (c.short_clips, ("join", "repeat")),
-               "loss.teacher": (c.loss.teacher, ("cache", "online")),
-               "loss.projection": (c.loss.projection, ("auto", "none", "linear")),
-               "transform.fusion": (c.transform.fusion if c.transform else "sum", tuple(transform.FUSIONS))}
+    choices = {
+        "optim.name": (c.optim.name, ("adamw", "sgd")),
+        "optim.schedule": (c.optim.schedule, ("cosine", "exponential", "constant")),
+        "short_clips": (c.short_clips, ("join", "repeat")),
+        "loss.teacher": (c.loss.teacher, ("cache", "online")),
+        "loss.projection": (c.loss.projection, ("auto", "none", "linear")),
+        "transform.fusion": (c.transform.fusion if c.transform else "sum", tuple(transform.FUSIONS)),
+    }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
     if c.model.options.get("feat_dim", c.features.n_mels) != c.features.n_mels:
-        raise ConfigError(f"model.options.feat_dim ({c.model.options['feat_dim']}) != features.n_mels ({c.features.n_mels})")
+        raise ConfigError(
+            f"model.options.feat_dim ({c.model.options['feat_dim']}) != features.n_mels ({c.features.n_mels})"
+        )
     c.augment.check()
 
 
@@ -263,5 +283,3 @@ def build(c: TrainConfig) -> nn.Module:
     if c.transform is not None:
         transform.apply(model, subsets=c.transform.subsets, share=c.transform.share, fusion=c.transform.fusion)
     return model
-
-

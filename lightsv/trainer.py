@@ -28,15 +28,25 @@ from torch import nn
 from lightsv.audio import SAMPLE_RATE
 from lightsv.augment import Augmenter
 from lightsv.checkpoint import load_model, save_model
-from lightsv.data import (UNLABELED, BalancedBatchSampler, Clip, CropDataset, collate, find_audio, mix_seed,
-                          read_list, scan, select_split)
+from lightsv.data import (
+    UNLABELED,
+    BalancedBatchSampler,
+    Clip,
+    CropDataset,
+    collate,
+    find_audio,
+    mix_seed,
+    read_list,
+    scan,
+    select_split,
+)
 from lightsv.distributed import Context, setup
-from lightsv.evaluation import evaluate
-from lightsv.train_config import OptimConfig, TrainConfig, build, load_config
 from lightsv.errors import ConfigError, LightsvError
-from lightsv.plots import det_plot
+from lightsv.evaluation import evaluate
 from lightsv.features import Fbank
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
+from lightsv.plots import det_plot
+from lightsv.train_config import OptimConfig, TrainConfig, build, load_config
 
 log = logging.getLogger("lightsv.trainer")
 
@@ -47,8 +57,14 @@ log = logging.getLogger("lightsv.trainer")
 class Objective(nn.Module):
     """The backbone with its training heads, so DDP synchronises all their gradients in one module."""
 
-    def __init__(self, model: nn.Module, aam: AAMSoftmax | None, distill: DistillLoss | None,
-                 aam_weight: float, distill_weight: float):
+    def __init__(
+        self,
+        model: nn.Module,
+        aam: AAMSoftmax | None,
+        distill: DistillLoss | None,
+        aam_weight: float,
+        distill_weight: float,
+    ):
         super().__init__()
         self.model, self.aam, self.distill = model, aam, distill
         self.aam_weight, self.distill_weight = aam_weight, distill_weight
@@ -81,6 +97,7 @@ def training_clips(c: TrainConfig) -> tuple[list[Clip], list[str]]:
 
 def _seconds(path: str) -> float:
     import soundfile as sf
+
     meta = sf.info(path)
     return meta.frames / meta.samplerate
 
@@ -88,6 +105,7 @@ def _seconds(path: str) -> float:
 def teacher_cache(c: TrainConfig, clips: list[Clip] | None = None, ctx: Context | None = None, progress: bool = True):
     """Load the configured teacher cache, embedding whatever clips it lacks (rank 0 builds, others wait)."""
     from lightsv.teacher import ResemblyzerTeacher, TeacherCache, build_cache
+
     ctx = ctx or Context()
     clips = clips if clips is not None else training_clips(c)[0]
     path = Path(c.loss.teacher_cache)
@@ -97,8 +115,12 @@ def teacher_cache(c: TrainConfig, clips: list[Clip] | None = None, ctx: Context 
         if missing:
             log.info("teacher: embedding %d clips into %s", len(missing), path)
             teacher = ResemblyzerTeacher(rate=c.loss.teacher_rate)
-            build_cache([clip.path for clip in clips] + (existing.keys if existing else []), teacher, existing,
-                        progress=progress).save(path)
+            build_cache(
+                [clip.path for clip in clips] + (existing.keys if existing else []),
+                teacher,
+                existing,
+                progress=progress,
+            ).save(path)
     ctx.barrier()
     return TeacherCache.load(path)
 
@@ -112,10 +134,15 @@ def _stage(c: TrainConfig, stage: str) -> TrainConfig:
     if f.epochs <= 0:
         raise ConfigError("finetune.epochs is 0: no fine-tuning stage configured")
     return dataclasses.replace(
-        c, epochs=f.epochs, crop_seconds=f.crop_seconds, max_minutes=f.max_minutes,
-        batch_size=f.batch_size or c.batch_size, steps_per_epoch=c.steps_per_epoch,
+        c,
+        epochs=f.epochs,
+        crop_seconds=f.crop_seconds,
+        max_minutes=f.max_minutes,
+        batch_size=f.batch_size or c.batch_size,
+        steps_per_epoch=c.steps_per_epoch,
         loss=dataclasses.replace(c.loss, margin=f.margin, margin_warmup=(0.0, 0.0)),
-        optim=dataclasses.replace(c.optim, lr=f.lr, final_lr=f.final_lr, warmup_epochs=f.warmup_epochs))
+        optim=dataclasses.replace(c.optim, lr=f.lr, final_lr=f.final_lr, warmup_epochs=f.warmup_epochs),
+    )
 
 
 def _lr_factor(c: OptimConfig, total: int, warmup: int):
@@ -129,7 +156,7 @@ def _lr_factor(c: OptimConfig, total: int, warmup: int):
         t = min(1.0, (step - warmup) / max(1, total - warmup))
         if c.schedule == "cosine":
             return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
-        return final ** t
+        return final**t
 
     return factor
 
@@ -160,8 +187,9 @@ class Trained:
     out_dir: Path
 
 
-def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, stage: str = "train",
-          progress: bool = True) -> Trained:
+def train(
+    config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, stage: str = "train", progress: bool = True
+) -> Trained:
     """Train (stage "train") or large-margin fine-tune the trained model (stage "finetune", into
     `out_dir/finetune`); returns the selected model and the results written to results.json."""
     c = _stage(config, stage)
@@ -183,9 +211,16 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         cache.centre()
     aug = c.augment
     speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
-    dataset = CropDataset(clips, c.crop_seconds, short=c.short_clips, preload=c.data.preload,
-                          target=cache.target if cache else None, target_dim=cache.dim if cache else 0,
-                          num_labels=len(speakers), keep_clean=online)
+    dataset = CropDataset(
+        clips,
+        c.crop_seconds,
+        short=c.short_clips,
+        preload=c.data.preload,
+        target=cache.target if cache else None,
+        target_dim=cache.dim if cache else 0,
+        num_labels=len(speakers),
+        keep_clean=online,
+    )
     augmenter = Augmenter(aug, babble=lambda rng, n: dataset.random_crop(rng, n))
     dataset.augment = augmenter if augmenter.enabled else None
     dataset.speed = augmenter.speed if aug.speed_prob > 0 else None
@@ -193,15 +228,25 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     if c.crop_min_seconds:
         crop_range = (int(round(c.crop_min_seconds * SAMPLE_RATE)), int(round(c.crop_seconds * SAMPLE_RATE)))
     steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
-    sampler = BalancedBatchSampler([clip.label for clip in clips], c.batch_size, steps, per_speaker=c.per_speaker,
-                                   unlabeled=c.unlabeled_per_batch, seed=c.seed, rank=ctx.rank, world_size=ctx.world,
-                                   crop_range=crop_range)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=c.data.workers, persistent_workers=False)
+    sampler = BalancedBatchSampler(
+        [clip.label for clip in clips],
+        c.batch_size,
+        steps,
+        per_speaker=c.per_speaker,
+        unlabeled=c.unlabeled_per_batch,
+        seed=c.seed,
+        rank=ctx.rank,
+        world_size=ctx.world,
+        crop_range=crop_range,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=c.data.workers, persistent_workers=False
+    )
 
     teacher = None
     if online:
         from lightsv.teacher import OnlineTeacher
+
         teacher = OnlineTeacher().to(ctx.device)
         if c.loss.teacher_center:
             # the centre comes from a fixed draw of clean crops, so every rank and every resume agrees
@@ -214,8 +259,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         model = load_model(root_out / "model.pt").train()
     else:
         model = build(c)
-    aam = AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale,
-                     c.loss.easy_margin) if c.loss.aam_weight > 0 else None
+    aam = (
+        AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale, c.loss.easy_margin)
+        if c.loss.aam_weight > 0
+        else None
+    )
     distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
     objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight)
     if stage == "finetune" and (root_out / "heads.pt").exists():
@@ -231,14 +279,25 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     if c.optim.name == "adamw":
         optimizer = torch.optim.AdamW(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=c.optim.lr, momentum=c.optim.momentum,
-                                    weight_decay=c.optim.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(
+            params, lr=c.optim.lr, momentum=c.optim.momentum, weight_decay=c.optim.weight_decay, nesterov=True
+        )
     total_steps = c.epochs * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(c.optim, total_steps, int(round(c.optim.warmup_epochs * steps))))
+        optimizer, _lr_factor(c.optim, total_steps, int(round(c.optim.warmup_epochs * steps)))
+    )
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "best_eer": None, "best_step": None,
-             "stale": 0, "history": [], "stopped": None}
+    state = {
+        "epoch": 0,
+        "batch": 0,
+        "step": 0,
+        "elapsed": 0.0,
+        "best_eer": None,
+        "best_step": None,
+        "stale": 0,
+        "history": [],
+        "stopped": None,
+    }
     found = _checkpoints(out) if resume else []
     if found:
         ckpt = torch.load(found[-1], map_location="cpu", weights_only=False)
@@ -250,19 +309,36 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         log.info("resumed from %s (epoch %d, batch %d)", found[-1].name, state["epoch"], state["batch"])
     else:
         params_count = sum(p.numel() for p in model.parameters())
-        log.info("%s: %d labelled clips of %d speakers, %d unlabeled; %s with %d parameters; %d steps/epoch x %d",
-                 stage, n_labelled, len(speakers), len(clips) - n_labelled, c.model.name, params_count, steps, c.epochs)
+        log.info(
+            "%s: %d labelled clips of %d speakers, %d unlabeled; %s with %d parameters; %d steps/epoch x %d",
+            stage,
+            n_labelled,
+            len(speakers),
+            len(clips) - n_labelled,
+            c.model.name,
+            params_count,
+            steps,
+            c.epochs,
+        )
     resumed_elapsed = state["elapsed"]
 
     def save_checkpoint():
         if not ctx.main:
             return
         path = out / "checkpoints" / f"step_{state['step']:07d}.pt"
-        torch.save({"objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state, "rng": torch.get_rng_state(),
-                    "config": dataclasses.asdict(config)}, path.with_suffix(".tmp"))
+        torch.save(
+            {
+                "objective": objective.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+                "rng": torch.get_rng_state(),
+                "config": dataclasses.asdict(config),
+            },
+            path.with_suffix(".tmp"),
+        )
         os.replace(path.with_suffix(".tmp"), path)
-        for old in _checkpoints(out)[:-c.keep_checkpoints]:
+        for old in _checkpoints(out)[: -c.keep_checkpoints]:
             old.unlink()
 
     def sync_buffers():
@@ -276,19 +352,34 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         sync_buffers()
         if not c.data.trials:
             return None
-        result = evaluate(model, c.data.trials, c.data.trials_root or c.data.root, features=c.features,
-                          eval_config=c.eval, bootstrap=0, ctx=ctx)
+        result = evaluate(
+            model,
+            c.data.trials,
+            c.data.trials_root or c.data.root,
+            features=c.features,
+            eval_config=c.eval,
+            bootstrap=0,
+            ctx=ctx,
+        )
         eer = result["overall"]["eer"]
         if state["best_eer"] is None or eer < state["best_eer"]:
             state.update(best_eer=eer, best_step=state["step"], stale=0)
             if ctx.main:
                 save_model(model, out / "best.pt", dev_eer=eer, step=state["step"], epoch=state["epoch"])
-                torch.save({"aam": aam.state_dict() if aam else {}, "distill": distill.state_dict() if distill else {}},
-                           out / "heads.pt")
+                torch.save(
+                    {"aam": aam.state_dict() if aam else {}, "distill": distill.state_dict() if distill else {}},
+                    out / "heads.pt",
+                )
         else:
             state["stale"] += 1
-        log.info("%s: dev EER %.2f%% minDCF %.3f (best %.2f%% at step %d)", tag, eer, result["overall"]["min_dcf"],
-                 state["best_eer"], state["best_step"])
+        log.info(
+            "%s: dev EER %.2f%% minDCF %.3f (best %.2f%% at step %d)",
+            tag,
+            eer,
+            result["overall"]["min_dcf"],
+            state["best_eer"],
+            state["best_step"],
+        )
         return eer
 
     def over_budget() -> bool:
@@ -309,6 +400,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
         bar = loader
         if progress and ctx.main:
             from tqdm import tqdm
+
             bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{c.epochs}", leave=False, disable=None)
         for wav, labels, targets, weights, clean in bar:
             if teacher is not None:
@@ -331,21 +423,40 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
             count += 1
             if state["step"] % c.log_every == 0:
                 m = sums / count
-                log.info("%s epoch %d batch %d/%d: loss %.4f aam %.4f acc %.3f distill %.4f lr %.2e", stage, epoch + 1,
-                         state["batch"], steps, m[0], m[1], m[2], m[3], scheduler.get_last_lr()[0])
+                log.info(
+                    "%s epoch %d batch %d/%d: loss %.4f aam %.4f acc %.3f distill %.4f lr %.2e",
+                    stage,
+                    epoch + 1,
+                    state["batch"],
+                    steps,
+                    m[0],
+                    m[1],
+                    m[2],
+                    m[3],
+                    scheduler.get_last_lr()[0],
+                )
             if over_budget():
                 state["stopped"] = "time budget"
                 break
         state["elapsed"] = resumed_elapsed + time.monotonic() - started
         finished = state["batch"] >= steps
         m = (sums / max(count, 1)).tolist()
-        entry = {"epoch": epoch + 1, "step": state["step"], "loss": m[0], "aam": m[1], "accuracy": m[2],
-                 "distill": m[3], "minutes": state["elapsed"] / 60.0}
+        entry = {
+            "epoch": epoch + 1,
+            "step": state["step"],
+            "loss": m[0],
+            "aam": m[1],
+            "accuracy": m[2],
+            "distill": m[3],
+            "minutes": state["elapsed"] / 60.0,
+        }
         if finished:
             state["epoch"] += 1
             state["batch"] = 0
         if finished and (state["epoch"] % c.eval.every == 0 or state["epoch"] == c.epochs) or state["stopped"]:
-            entry["dev_eer"] = dev_check(f"epoch {epoch + 1}" + ("" if finished else f" (stopped at batch {state['batch']})"))
+            entry["dev_eer"] = dev_check(
+                f"epoch {epoch + 1}" + ("" if finished else f" (stopped at batch {state['batch']})")
+            )
             if c.patience and state["stale"] >= c.patience:
                 state["stopped"] = f"no dev improvement in {c.patience} evaluations"
         state["history"].append(entry)
@@ -358,27 +469,54 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, 
     if c.data.trials and (out / "best.pt").exists():
         model = load_model(out / "best.pt").to(ctx.device)
     model.eval()
-    results = {"stage": stage, "model": c.model.name, "params": sum(p.numel() for p in model.parameters()),
-               "steps": state["step"], "best_step": state["best_step"], "minutes": state["elapsed"] / 60.0,
-               "stopped": state["stopped"], "history": state["history"]}
+    results = {
+        "stage": stage,
+        "model": c.model.name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "minutes": state["elapsed"] / 60.0,
+        "stopped": state["stopped"],
+        "history": state["history"],
+    }
     if c.data.trials:
-        result = evaluate(model, c.data.trials, c.data.trials_root or c.data.root, manifest=c.data.manifest,
-                          features=c.features, eval_config=c.eval, ctx=ctx)
+        result = evaluate(
+            model,
+            c.data.trials,
+            c.data.trials_root or c.data.root,
+            manifest=c.data.manifest,
+            features=c.features,
+            eval_config=c.eval,
+            ctx=ctx,
+        )
         results["dev"] = {k: v for k, v in result.items() if k not in ("scores", "labels")}
     if ctx.main:
         extra = {"dev_eer": results.get("dev", {}).get("overall", {}).get("eer")}
-        save_model(model, out / "model.pt", training_config=dataclasses.asdict(config), stage=stage,
-                   steps=state["step"], eer=extra["dev_eer"],
-                   min_dcf=results.get("dev", {}).get("overall", {}).get("min_dcf"))
+        save_model(
+            model,
+            out / "model.pt",
+            training_config=dataclasses.asdict(config),
+            stage=stage,
+            steps=state["step"],
+            eer=extra["dev_eer"],
+            min_dcf=results.get("dev", {}).get("overall", {}).get("min_dcf"),
+        )
         if not (out / "heads.pt").exists():
-            torch.save({"aam": aam.state_dict() if aam else {}, "distill": distill.state_dict() if distill else {}},
-                       out / "heads.pt")
+            torch.save(
+                {"aam": aam.state_dict() if aam else {}, "distill": distill.state_dict() if distill else {}},
+                out / "heads.pt",
+            )
         results["size_bytes"] = (out / "model.pt").stat().st_size
         (out / "results.json").write_text(json.dumps(results, indent=2))
         summary = results.get("dev", {}).get("overall")
         if summary:
-            log.info("final: dev EER %.2f%% (95%% CI %.2f-%.2f) minDCF %.3f; model %s", summary["eer"],
-                     *summary["eer_ci95"], summary["min_dcf"], out / "model.pt")
+            log.info(
+                "final: dev EER %.2f%% (95%% CI %.2f-%.2f) minDCF %.3f; model %s",
+                summary["eer"],
+                *summary["eer_ci95"],
+                summary["min_dcf"],
+                out / "model.pt",
+            )
     ctx.barrier()
     return Trained(model, results, out)
 
@@ -461,17 +599,26 @@ def main(argv: list[str] | None = None) -> int:
             ctx = setup(config.device)
             torch.set_num_threads(config.threads)
             model = load_model(args.model).to(ctx.device)
-            result = evaluate(model, args.trials or config.data.trials,
-                              args.root or config.data.trials_root or config.data.root,
-                              manifest=args.manifest or config.data.manifest, features=config.features,
-                              eval_config=config.eval, ctx=ctx, progress=True)
+            result = evaluate(
+                model,
+                args.trials or config.data.trials,
+                args.root or config.data.trials_root or config.data.root,
+                manifest=args.manifest or config.data.manifest,
+                features=config.features,
+                eval_config=config.eval,
+                ctx=ctx,
+                progress=True,
+            )
             if ctx.main:
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 scores = {k: v for k, v in result.items() if k not in ("scores", "labels")}
                 (out / "results.json").write_text(json.dumps(scores, indent=2))
-                det_plot({Path(args.model).name: (result["scores"], result["labels"])}, out / "det.png",
-                         title=Path(args.trials or config.data.trials).name)
+                det_plot(
+                    {Path(args.model).name: (result["scores"], result["labels"])},
+                    out / "det.png",
+                    title=Path(args.trials or config.data.trials).name,
+                )
                 print(json.dumps(scores["overall"], indent=2))
         return 0
     except (LightsvError, FileNotFoundError) as err:

@@ -30,9 +30,17 @@ def _divide(n: int, k: int, what: str) -> int:
 
 def _conv(m: nn.modules.conv._ConvNd, k: int, name: str) -> nn.Module:
     depthwise = m.groups > 1 and m.groups == m.in_channels
-    return type(m)(_divide(m.in_channels, k, name), _divide(m.out_channels, k, name), m.kernel_size, m.stride,
-                   m.padding, m.dilation, _divide(m.groups, k, name) if depthwise else m.groups,
-                   m.bias is not None, m.padding_mode)
+    return type(m)(
+        _divide(m.in_channels, k, name),
+        _divide(m.out_channels, k, name),
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.dilation,
+        _divide(m.groups, k, name) if depthwise else m.groups,
+        m.bias is not None,
+        m.padding_mode,
+    )
 
 
 def _linear(m: nn.Linear, k: int, name: str) -> nn.Module:
@@ -49,8 +57,15 @@ def _layernorm(m: nn.LayerNorm, k: int, name: str) -> nn.Module:
 
 
 def _rnn(m: nn.RNNBase, k: int, name: str) -> nn.Module:
-    return type(m)(_divide(m.input_size, k, name), _divide(m.hidden_size, k, name), num_layers=m.num_layers,
-                   bias=m.bias, batch_first=m.batch_first, dropout=m.dropout, bidirectional=m.bidirectional)
+    return type(m)(
+        _divide(m.input_size, k, name),
+        _divide(m.hidden_size, k, name),
+        num_layers=m.num_layers,
+        bias=m.bias,
+        batch_first=m.batch_first,
+        dropout=m.dropout,
+        bidirectional=m.bidirectional,
+    )
 
 
 def _prelu(m: nn.PReLU, k: int, name: str) -> nn.Module:
@@ -60,9 +75,15 @@ def _prelu(m: nn.PReLU, k: int, name: str) -> nn.Module:
 # Layers whose channel counts a narrow copy divides by K; any other layer that owns parameters
 # cannot be narrowed safely, so `narrow` refuses it rather than guessing.
 NARROWERS: dict[type, Callable[[nn.Module, int, str], nn.Module]] = {
-    nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Linear: _linear,
-    nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.LayerNorm: _layernorm,
-    nn.GRU: _rnn, nn.LSTM: _rnn, nn.PReLU: _prelu,
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm1d: _batchnorm,
+    nn.BatchNorm2d: _batchnorm,
+    nn.LayerNorm: _layernorm,
+    nn.GRU: _rnn,
+    nn.LSTM: _rnn,
+    nn.PReLU: _prelu,
 }
 _CHANNEL_ATTRS = ("in_channels", "in_features", "input_size", "num_features")
 
@@ -77,8 +98,10 @@ def narrow(block: nn.Module, k: int) -> nn.Module:
                 if isinstance(getattr(module, attr, None), int):
                     setattr(module, attr, _divide(getattr(module, attr), k, f"{name or 'block'}.{attr}"))
             if next(module.parameters(recurse=False), None) is not None:
-                raise ConfigError(f"cannot narrow {type(module).__name__} at {name or 'the block'}: "
-                                  "it owns parameters of a layer type the transformation module does not know")
+                raise ConfigError(
+                    f"cannot narrow {type(module).__name__} at {name or 'the block'}: "
+                    "it owns parameters of a layer type the transformation module does not know"
+                )
             continue
         narrowed = maker(module, k, name or type(block).__name__)
         if not name:
@@ -169,7 +192,7 @@ class Transformed(nn.Module):
         if self.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in self.accepts}
         if len(self.blocks) > 1:
-            return torch.cat([block(p, *args, **kwargs) for block, p in zip(self.blocks, parts)], dim=1)
+            return torch.cat([block(p, *args, **kwargs) for block, p in zip(self.blocks, parts, strict=True)], dim=1)
         # One shared block sees all subsets as one batch: K times fewer (larger) ops. Per-row tensors
         # among the block's arguments (masks, lengths) are tiled to match.
         k, batch = len(parts), x.shape[0]
@@ -179,8 +202,14 @@ class Transformed(nn.Module):
 
 
 @register("transform")
-def apply(model: nn.Module, subsets: int = 4, share: bool = False, fusion: str = "sum",
-          targets: str | Iterable[str] | None = None, in_channels: int | None = None) -> nn.Module:
+def apply(
+    model: nn.Module,
+    subsets: int = 4,
+    share: bool = False,
+    fusion: str = "sum",
+    targets: str | Iterable[str] | None = None,
+    in_channels: int | None = None,
+) -> nn.Module:
     """Wrap the target blocks of `model` with the transformation module, in place; returns `model`.
 
     targets: regex patterns matched against full module names (default: the model's own
@@ -197,6 +226,10 @@ def apply(model: nn.Module, subsets: int = 4, share: bool = False, fusion: str =
         raise ConfigError(f"{type(model).__name__} names no default transform_targets; pass targets=")
     targets = [targets] if isinstance(targets, str) else list(targets)
     options = {"subsets": subsets, "share": share, "fusion": fusion, "targets": targets, "in_channels": in_channels}
-    inject(model, targets, lambda name, block: Transformed(block, subsets, share, fusion, in_channels),
-           record={"kind": "transform", "options": options})
+    inject(
+        model,
+        targets,
+        lambda name, block: Transformed(block, subsets, share, fusion, in_channels),
+        record={"kind": "transform", "options": options},
+    )
     return model

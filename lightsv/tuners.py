@@ -22,6 +22,7 @@ def register(kind: str):
     def wrap(fn):
         TUNERS[kind] = fn
         return fn
+
     return wrap
 
 
@@ -44,8 +45,12 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def inject(model: nn.Module, targets: str | Iterable[str], make: Callable[[str, nn.Module], nn.Module],
-           record: dict | None = None) -> list[str]:
+def inject(
+    model: nn.Module,
+    targets: str | Iterable[str],
+    make: Callable[[str, nn.Module], nn.Module],
+    record: dict | None = None,
+) -> list[str]:
     """Replace each target module by `make(name, module)`; returns the replaced names.
 
     `record` (kind and options) is appended to `model.tuners` so the same call can be replayed.

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightsv.audio import load as load_audio, info as audio_info, SAMPLE_RATE
+from lightsv.audio import SAMPLE_RATE
+from lightsv.audio import info as audio_info
+from lightsv.audio import load as load_audio
 from lightsv.checkpoint import load_model
 from lightsv.errors import CheckpointError, ConfigError, LightsvError, UnknownSpeakerError
 from lightsv.features import Fbank, FbankConfig
@@ -68,9 +70,17 @@ class Verification:
 class Verifier:
     """A speaker-embedding model with an enrollment store, a threshold and optional AS-norm."""
 
-    def __init__(self, model: nn.Module, *, extra: dict | None = None, db: str | os.PathLike | None = None,
-                 operating_point: str | None = None, threshold: float | None = None, device: str = "cpu",
-                 source: str = "model"):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        extra: dict | None = None,
+        db: str | os.PathLike | None = None,
+        operating_point: str | None = None,
+        threshold: float | None = None,
+        device: str = "cpu",
+        source: str = "model",
+    ):
         extra = extra or {}
         self.source = source
         self.model = model.eval().to(device)
@@ -78,8 +88,9 @@ class Verifier:
         self.fbank = Fbank(_features(extra, source)).to(device)
         feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
         if feat_dim != self.fbank.config.n_mels:
-            raise CheckpointError(f"{source}: model takes {feat_dim} features but its filterbank makes "
-                                  f"{self.fbank.config.n_mels}")
+            raise CheckpointError(
+                f"{source}: model takes {feat_dim} features but its filterbank makes {self.fbank.config.n_mels}"
+            )
         self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
         self.dim = int(getattr(model, "embed_dim", 0)) or self._probe_dim()
         self.model_id = model_id(model)
@@ -91,9 +102,15 @@ class Verifier:
         self.store = EnrollmentStore(":memory:" if db is None else db, model_id=self.model_id, dim=self.dim)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, *, db: str | os.PathLike | None = None,
-             operating_point: str | None = None, threshold: float | None = None,
-             device: str = "cpu") -> "Verifier":
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        db: str | os.PathLike | None = None,
+        operating_point: str | None = None,
+        threshold: float | None = None,
+        device: str = "cpu",
+    ) -> Verifier:
         """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
 
         ``operating_point`` is ``"eer"`` (the default when the checkpoint is calibrated) or
@@ -101,12 +118,21 @@ class Verifier:
         """
         if path is None:
             if not DEFAULT_MODEL.is_file():
-                raise CheckpointError(f"the default model {DEFAULT_MODEL} is missing from this installation; "
-                                      "give a checkpoint path instead (--model on the command line)")
+                raise CheckpointError(
+                    f"the default model {DEFAULT_MODEL} is missing from this installation; "
+                    "give a checkpoint path instead (--model on the command line)"
+                )
             path = DEFAULT_MODEL
         model, extra = load_model(path, return_extra=True)
-        return cls(model, extra=extra, db=db, operating_point=operating_point, threshold=threshold,
-                   device=device, source=str(path))
+        return cls(
+            model,
+            extra=extra,
+            db=db,
+            operating_point=operating_point,
+            threshold=threshold,
+            device=device,
+            source=str(path),
+        )
 
     # ------------------------------------------------------------------ embeddings
 
@@ -114,8 +140,9 @@ class Verifier:
         """The L2-normalised embedding (float32 [D]) of one clip: a path, or an array/tensor with ``sample_rate``."""
         return self.embed_many([clip], sample_rate=sample_rate, progress=False)[0]
 
-    def embed_many(self, clips, *, sample_rate: int | None = None, batch_size: int = 16,
-                   progress: bool | None = None) -> np.ndarray:
+    def embed_many(
+        self, clips, *, sample_rate: int | None = None, batch_size: int = 16, progress: bool | None = None
+    ) -> np.ndarray:
         """Embeddings [N, D] of ``clips``, in order, computed in zero-padded batches.
 
         Clips are batched by length, so little compute goes to padding (the models pool over valid
@@ -129,7 +156,7 @@ class Verifier:
         order = sorted(range(len(clips)), key=lambda i: _approx_samples(clips[i]))
         with _bar(len(clips), progress, batch_size) as bar:
             for start in range(0, len(order), batch_size):
-                index = order[start:start + batch_size]
+                index = order[start : start + batch_size]
                 wavs = [self._load(clips[i], sample_rate) for i in index]
                 out[index] = self._forward(wavs)
                 bar.update(len(index))
@@ -199,8 +226,7 @@ class Verifier:
         (m1, s1), (m2, s2) = self._cohort_stats(enrolled), self._cohort_stats(test)
         return 0.5 * ((raw - m1) / s1 + (raw - m2) / s2)
 
-    def set_cohort(self, cohort, *, top_n: int = TOP_N, sample_rate: int | None = None,
-                   batch_size: int = 16) -> None:
+    def set_cohort(self, cohort, *, top_n: int = TOP_N, sample_rate: int | None = None, batch_size: int = 16) -> None:
         """Turn on adaptive s-norm (AS-norm) with ``cohort``; None turns it off.
 
         ``cohort``: an embedding array [N, D] or a list of clips from speakers that will not be
@@ -257,15 +283,17 @@ class Verifier:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Verifier":
+    def __enter__(self) -> Verifier:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Verifier({self.source!r}, model_id={self.model_id!r}, threshold={self.threshold!r}, "
-                f"score_norm={self.score_norm!r}, store={str(self.store.path)!r})")
+        return (
+            f"Verifier({self.source!r}, model_id={self.model_id!r}, threshold={self.threshold!r}, "
+            f"score_norm={self.score_norm!r}, store={str(self.store.path)!r})"
+        )
 
 
 def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.ndarray:
@@ -274,8 +302,8 @@ def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.nd
     device = next(model.parameters()).device
     lengths = torch.tensor([len(w) for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
-    for row, wav in zip(batch, wavs):
-        row[:len(wav)] = torch.from_numpy(wav)
+    for row, wav in zip(batch, wavs, strict=True):
+        row[: len(wav)] = torch.from_numpy(wav)
     with torch.inference_mode():
         feats, frames = fbank(batch.to(device), lengths.to(device))
         emb = model(feats, frames).float()
@@ -290,9 +318,11 @@ def model_id(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
-    head = {"model": getattr(model, "model_name", type(model).__name__),
-            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
-            "tuners": list(getattr(model, "tuners", []))}
+    head = {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "tuners": list(getattr(model, "tuners", [])),
+    }
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
@@ -303,8 +333,11 @@ def model_id(model: nn.Module) -> str:
 
 def example_clips() -> dict[str, list[Path]]:
     """The bundled example speakers (LibriSpeech, CC BY 4.0): name -> clips sorted by name."""
-    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted(EXAMPLES.iterdir()) if d.is_dir()} \
-        if EXAMPLES.is_dir() else {}
+    speakers = (
+        {d.name: sorted(d.glob("*.flac")) for d in sorted(EXAMPLES.iterdir()) if d.is_dir()}
+        if EXAMPLES.is_dir()
+        else {}
+    )
     speakers = {name: clips for name, clips in speakers.items() if clips}
     if not speakers:
         raise LightsvError(f"no example clips in {EXAMPLES} (is the package installed with its data?)")
@@ -333,8 +366,10 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
     far = parse_operating_point(operating_point or "eer")
     if calibration is None:
         if operating_point is not None:
-            raise CheckpointError(f"{source}: has no calibration, so operating point {operating_point!r} "
-                                  "has no threshold (pass threshold= or calibrate the checkpoint)")
+            raise CheckpointError(
+                f"{source}: has no calibration, so operating point {operating_point!r} "
+                "has no threshold (pass threshold= or calibrate the checkpoint)"
+            )
         return "none", None
     if not isinstance(calibration, dict):
         raise CheckpointError(f"{source}: calibration is a {type(calibration).__name__}, expected a dict")
@@ -346,8 +381,10 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
         points = calibration.get("far_thresholds") or {}
         matches = [v for k, v in points.items() if _float_or_nan(k) == far]
         if not matches:
-            raise CheckpointError(f"{source}: calibration has no threshold at far={far:g} "
-                                  f"(it has: eer, {', '.join(f'far={k}' for k in points) or 'no far points'})")
+            raise CheckpointError(
+                f"{source}: calibration has no threshold at far={far:g} "
+                f"(it has: eer, {', '.join(f'far={k}' for k in points) or 'no far points'})"
+            )
         value, what = matches[0], f"far_thresholds[{far:g}]"
     return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
 
@@ -356,8 +393,11 @@ def _features(extra: dict, source: str) -> FbankConfig:
     # The trainer records its full config; the filterbank must match what the model was trained on.
     options = extra.get("features")
     if options is None:
-        options = (extra.get("training_config") or {}).get("features") if isinstance(
-            extra.get("training_config"), dict) else None
+        options = (
+            (extra.get("training_config") or {}).get("features")
+            if isinstance(extra.get("training_config"), dict)
+            else None
+        )
     if options is None:
         return FbankConfig()
     try:
@@ -369,8 +409,7 @@ def _features(extra: dict, source: str) -> FbankConfig:
 def _is_embeddings(cohort, dim: int) -> bool:
     if isinstance(cohort, torch.Tensor):
         return cohort.dim() == 2 and cohort.shape[1] == dim and cohort.is_floating_point()
-    return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim \
-        and cohort.dtype.kind == "f"
+    return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim and cohort.dtype.kind == "f"
 
 
 def _approx_samples(clip) -> float:

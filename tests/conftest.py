@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 # The corpus sits beside the repository (../shared); the package itself never reads it.
-SPEECH_ROOT = Path(os.environ.get("LIGHTSV_SPEECH_DIR",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"))
+SPEECH_ROOT = Path(
+    os.environ.get("LIGHTSV_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "speech")
+)
 
 
 @pytest.fixture(scope="session")

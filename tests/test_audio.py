@@ -38,6 +38,7 @@ def expect_error(source, *fragments, **kwargs):
 
 # ---- bad files: each message names the path and the problem ----
 
+
 def test_missing_path(tmp_path):
     path = tmp_path / "nope.wav"
     expect_error(path, str(path), "no such file")
@@ -124,6 +125,7 @@ def test_decoder_failure_is_wrapped(tmp_path, monkeypatch):
 
 # ---- bad arrays / tensors ----
 
+
 def test_array_needs_sample_rate():
     expect_error(sine(), "array", "sample_rate is required")
 
@@ -156,8 +158,7 @@ def test_array_too_short():
 
 
 def test_array_too_long():
-    expect_error(sine(seconds=3.0), "array", "3.0 s", "maximum of 2 s", sample_rate=SAMPLE_RATE,
-                 max_seconds=2.0)
+    expect_error(sine(seconds=3.0), "array", "3.0 s", "maximum of 2 s", sample_rate=SAMPLE_RATE, max_seconds=2.0)
 
 
 def test_three_dimensional_array():
@@ -170,6 +171,7 @@ def test_unsupported_dtype_and_type():
 
 
 # ---- good input ----
+
 
 def test_real_clip(speech_clip):
     path, seconds = speech_clip
@@ -210,10 +212,8 @@ def test_resampled_file(tmp_path):
 
 
 def test_integer_arrays_are_scaled():
-    np.testing.assert_array_equal(load(np.array([16384, -32768] * 1000, np.int16), SAMPLE_RATE)[:2],
-                                  [0.5, -1.0])
-    np.testing.assert_array_equal(load(np.array([2**30, -2**31] * 1000, np.int32), SAMPLE_RATE)[:2],
-                                  [0.5, -1.0])
+    np.testing.assert_array_equal(load(np.array([16384, -32768] * 1000, np.int16), SAMPLE_RATE)[:2], [0.5, -1.0])
+    np.testing.assert_array_equal(load(np.array([2**30, -(2**31)] * 1000, np.int32), SAMPLE_RATE)[:2], [0.5, -1.0])
 
 
 def test_tensor_input():

@@ -54,7 +54,10 @@ def test_profile_json_has_a_row_per_variant_with_ratios_to_plain(registry, capsy
     assert main(["profile", "tiny", "--subsets", "2", "4", "--share", *FAST, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["model"], r["subsets"], r["share"], r["fusion"]) for r in rows] == [
-        ("tiny", None, None, None), ("tiny", 2, True, "sum"), ("tiny", 4, True, "sum")]
+        ("tiny", None, None, None),
+        ("tiny", 2, True, "sum"),
+        ("tiny", 4, True, "sum"),
+    ]
     assert rows[0]["params_ratio"] == rows[0]["macs_ratio"] == 1.0
     conv = 16 * 8 * 3
     for row in rows[1:]:
@@ -73,21 +76,29 @@ def test_profile_table_defaults_to_every_registered_model(registry, capsys):
     assert "tiny K=2 sum" in out and "params x" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["profile", "nope", "tiny"], "lightsv: error: unknown model 'nope'; known models: tiny, tiny_b"),
-    (["profile", "tiny", "--subsets", "1"], "lightsv: error: subsets must be an integer >= 2, got 1"),
-    (["profile", "--seconds", "0"], "lightsv: error: --seconds must be positive, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["profile", "nope", "tiny"], "lightsv: error: unknown model 'nope'; known models: tiny, tiny_b"),
+        (["profile", "tiny", "--subsets", "1"], "lightsv: error: subsets must be an integer >= 2, got 1"),
+        (["profile", "--seconds", "0"], "lightsv: error: --seconds must be positive, got 0.0"),
+    ],
+)
 def test_bad_requests_are_one_line_errors(registry, capsys, argv, message):
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err == message + "\n" and captured.out == ""
 
 
-@pytest.mark.parametrize("error", [
-    ConfigError("bad\nconfig"), FileNotFoundError(2, "No such file or directory", "model.yaml"),
-    yaml.YAMLError("mapping values are not allowed here\n  in line 3"), KeyboardInterrupt(),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("bad\nconfig"),
+        FileNotFoundError(2, "No such file or directory", "model.yaml"),
+        yaml.YAMLError("mapping values are not allowed here\n  in line 3"),
+        KeyboardInterrupt(),
+    ],
+)
 def test_user_errors_and_interrupts_exit_2_without_traceback(registry, capsys, error):
     def build_model(name, **options):
         raise error
@@ -116,8 +127,13 @@ def test_real_small_model_with_the_real_transform(capsys):
 
 
 def test_python_dash_m_exits_2_with_one_line_and_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "lightsv", "profile", "--seconds", "-1"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "lightsv", "profile", "--seconds", "-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr == "lightsv: error: --seconds must be positive, got -1.0\n"
     assert result.stdout == ""

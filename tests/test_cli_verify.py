@@ -88,20 +88,36 @@ def test_enroll_verify_list_delete_round_trip(capsys, model, tmp_path):
 
 def test_missing_database_and_model_mismatch_are_one_line(capsys, model, tmp_path):
     clip = example_clips()["ls19"][0]
-    one_line_error(*run(capsys, "verify", "--db", tmp_path / "none.db", "--model", model, "x", clip)[::2],
-                   "no enrollment database")
+    one_line_error(
+        *run(capsys, "verify", "--db", tmp_path / "none.db", "--model", model, "x", clip)[::2], "no enrollment database"
+    )
     assert not (tmp_path / "none.db").exists()
     torch.manual_seed(1)
     other = lightsv.save_model(lightsv.build_model("ecapa_tdnn_small", **TINY), tmp_path / "other.pt")
     assert run(capsys, "enroll", "--db", tmp_path / "s.db", "--model", model, "x", clip)[0] == 0
-    one_line_error(*run(capsys, "enroll", "--db", tmp_path / "s.db", "--model", other, "x", clip)[::2],
-                   "cannot be mixed")
+    one_line_error(
+        *run(capsys, "enroll", "--db", tmp_path / "s.db", "--model", other, "x", clip)[::2], "cannot be mixed"
+    )
 
 
 def test_score_writes_scores_json_and_det_plot(capsys, model, trials, tmp_path):
     scores, plot = tmp_path / "scores.txt", tmp_path / "det.png"
-    code, out, _ = run(capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model, "--json",
-                       "--out", scores, "--plot", plot, "--batch-size", "4")
+    code, out, _ = run(
+        capsys,
+        "score",
+        trials,
+        "--wav-root",
+        EXAMPLES,
+        "--model",
+        model,
+        "--json",
+        "--out",
+        scores,
+        "--plot",
+        plot,
+        "--batch-size",
+        "4",
+    )
     assert code == 0
     result = json.loads(out)
     assert {"eer", "min_dcf", "min_dcf_005", "eer_threshold", "n_target", "n_nontarget"} <= set(result)
@@ -120,16 +136,22 @@ def test_score_errors_name_the_line_or_the_missing_files(capsys, model, trials, 
     one_line_error(*run(capsys, "score", bad, "--wav-root", EXAMPLES, "--model", model)[::2], "line 2")
     missing = tmp_path / "missing.txt"
     missing.write_text("1 ls19/19-198-0001.flac ls19/nope.flac\n0 ls19/19-198-0001.flac gone/also.wav\n")
-    one_line_error(*run(capsys, "score", missing, "--wav-root", EXAMPLES, "--model", model)[::2],
-                   "2 of 3 files", "gone/also.wav", "ls19/nope.flac")
-    one_line_error(*run(capsys, "score", tmp_path / "absent.txt", "--wav-root", EXAMPLES, "--model", model)[::2],
-                   "absent.txt")
+    one_line_error(
+        *run(capsys, "score", missing, "--wav-root", EXAMPLES, "--model", model)[::2],
+        "2 of 3 files",
+        "gone/also.wav",
+        "ls19/nope.flac",
+    )
+    one_line_error(
+        *run(capsys, "score", tmp_path / "absent.txt", "--wav-root", EXAMPLES, "--model", model)[::2], "absent.txt"
+    )
 
 
 def test_score_calibrate_writes_thresholds_the_verifier_uses(capsys, model, trials, tmp_path):
     out = tmp_path / "calibrated.pt"
-    code, printed, _ = run(capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model, "--json",
-                           "--calibrate", out)
+    code, printed, _ = run(
+        capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model, "--json", "--calibrate", out
+    )
     assert code == 0
     result = json.loads(printed)
     v = lightsv.Verifier.load(out)

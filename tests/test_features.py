@@ -48,7 +48,7 @@ def kaldi_fbank_reference(x, c: FbankConfig):
 
     out = []
     for t in range(1 + (len(x) - win) // hop):
-        frame = x[t * hop:t * hop + win].copy()
+        frame = x[t * hop : t * hop + win].copy()
         if c.remove_dc:
             frame -= frame.mean()
         previous = np.concatenate([frame[:1], frame[:-1]])
@@ -69,12 +69,16 @@ def clip(speech_clip):
     return load(speech_clip[0])
 
 
-@pytest.mark.parametrize("config", [
-    FbankConfig(mean_norm=False),
-    FbankConfig(mean_norm=True),
-    FbankConfig(window="hamming", mean_norm=True),  # WeSpeaker's settings
-    FbankConfig(window="hann", n_mels=40, low_freq=100, high_freq=-400, preemphasis=0.0, remove_dc=False),
-], ids=["povey", "povey-cmn", "hamming-cmn", "hann-40mel-band"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        FbankConfig(mean_norm=False),
+        FbankConfig(mean_norm=True),
+        FbankConfig(window="hamming", mean_norm=True),  # WeSpeaker's settings
+        FbankConfig(window="hann", n_mels=40, low_freq=100, high_freq=-400, preemphasis=0.0, remove_dc=False),
+    ],
+    ids=["povey", "povey-cmn", "hamming-cmn", "hann-40mel-band"],
+)
 def test_matches_plain_numpy_reference(clip, config):
     ours, frames = features(config, clip)
     ref = kaldi_fbank_reference(clip, config)
@@ -90,8 +94,16 @@ def test_matches_torchaudio_kaldi(clip):
     # float64: torchaudio's own float32 path is off by ~1e-3 on quiet bins.
     wav = torch.from_numpy(clip).double()
     for window in ("povey", "hamming"):
-        ref = kaldi.fbank(wav[None] * 32768, num_mel_bins=80, frame_length=25, frame_shift=10, dither=0.0,
-                          sample_frequency=16000, window_type=window, use_energy=False)
+        ref = kaldi.fbank(
+            wav[None] * 32768,
+            num_mel_bins=80,
+            frame_length=25,
+            frame_shift=10,
+            dither=0.0,
+            sample_frequency=16000,
+            window_type=window,
+            use_energy=False,
+        )
         ours, _ = features(FbankConfig(window=window, mean_norm=False), clip)
         assert np.abs(ours - ref.numpy()).max() < 1e-3
 
@@ -112,17 +124,17 @@ def test_frame_count():
 
 def test_padded_batch_matches_unpadded_rows(clip):
     fbank = Fbank()
-    rows = [clip[:16000], clip[3000:3000 + 12345], clip[:401]]
+    rows = [clip[:16000], clip[3000 : 3000 + 12345], clip[:401]]
     lengths = torch.tensor([len(r) for r in rows])
     batch = torch.zeros(len(rows), max(lengths))
     for i, r in enumerate(rows):
-        batch[i, :len(r)] = torch.from_numpy(r)
+        batch[i, : len(r)] = torch.from_numpy(r)
     feats, frames = fbank(batch, lengths)
     assert frames.tolist() == [fbank.frame_count(len(r)) for r in rows]
     for i, r in enumerate(rows):
         alone, _ = fbank(torch.from_numpy(r)[None])
-        torch.testing.assert_close(feats[i, :frames[i]], alone[0], atol=1e-4, rtol=0)
-        assert not feats[i, frames[i]:].any()
+        torch.testing.assert_close(feats[i, : frames[i]], alone[0], atol=1e-4, rtol=0)
+        assert not feats[i, frames[i] :].any()
 
 
 def test_full_lengths_equal_no_lengths(clip):
@@ -158,8 +170,11 @@ def test_export_with_dynamic_length_matches_eager(clip):
     wav = torch.from_numpy(clip[:16000]).repeat(2, 1)
     # The exported graph needs at least 2 frames (560 samples): torch.export specialises size-1 dims.
     samples, batch = torch.export.Dim("samples", min=560, max=600 * 16000), torch.export.Dim("batch", max=64)
-    program = torch.export.export(fbank, (wav, torch.tensor([16000, 12000])),
-                                  dynamic_shapes={"wav": {0: batch, 1: samples}, "lengths": {0: batch}})
+    program = torch.export.export(
+        fbank,
+        (wav, torch.tensor([16000, 12000])),
+        dynamic_shapes={"wav": {0: batch, 1: samples}, "lengths": {0: batch}},
+    )
     other = torch.from_numpy(clip[:23456]).repeat(3, 1)
     lengths = torch.tensor([23456, 20000, 401])
     exported, eager = program.module()(other, lengths), fbank(other, lengths)

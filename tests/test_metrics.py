@@ -47,7 +47,7 @@ def brute_rates(tar, non):
 def brute_eer(tar, non):
     """Scan for the first point with fnr >= fpr and intersect the segment with the diagonal."""
     rows = brute_rates(tar, non)
-    for (_, fa0, fr0), (_, fa1, fr1) in zip(rows, rows[1:]):
+    for (_, fa0, fr0), (_, fa1, fr1) in zip(rows, rows[1:], strict=False):
         if fr1 >= fa1:
             # Solve fr0 + s*(fr1-fr0) == fa0 + s*(fa1-fa0) for s.
             s = (fa0 - fr0) / ((fr1 - fr0) - (fa1 - fa0))
@@ -74,7 +74,7 @@ def kaldi_min_dcf(scores, labels, p_target, c_miss, c_fa):
     n_non = len(labels) - n_tar
     fnrs = [x / n_tar for x in fnrs]
     fprs = [1 - x / n_non for x in fprs]
-    c_det = min(c_miss * fr * p_target + c_fa * fa * (1 - p_target) for fr, fa in zip(fnrs, fprs))
+    c_det = min(c_miss * fr * p_target + c_fa * fa * (1 - p_target) for fr, fa in zip(fnrs, fprs, strict=True))
     return c_det / min(c_miss * p_target, c_fa * (1 - p_target))
 
 

@@ -55,7 +55,11 @@ def test_every_parameter_gets_a_gradient(name):
 
 def test_factories_differ_in_size():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(build_model("ecapa_tdnn_1024")) > count(build_model("ecapa_tdnn")) > count(build_model("ecapa_tdnn_small"))
+    assert (
+        count(build_model("ecapa_tdnn_1024"))
+        > count(build_model("ecapa_tdnn"))
+        > count(build_model("ecapa_tdnn_small"))
+    )
     assert count(build_model("resnet34")) > count(build_model("resnet18"))
     # ResNet34 at base width 32 is the usual 6.6M-parameter speaker model
     assert 6.0e6 < count(build_model("resnet34")) < 7.0e6

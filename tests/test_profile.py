@@ -6,8 +6,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightsv.errors import ConfigError
-from lightsv.profile import (EXTRA_FLOP_FORMULAS, PeakMemory, count_macs, inference_peak_bytes, profile,
-                             profile_table, train_peak_bytes)
+from lightsv.profile import (
+    EXTRA_FLOP_FORMULAS,
+    PeakMemory,
+    count_macs,
+    inference_peak_bytes,
+    profile,
+    profile_table,
+    train_peak_bytes,
+)
 
 F, C, D = 8, 16, 4
 
@@ -148,10 +155,22 @@ def test_bad_options_raise_config_error(options):
 
 
 def test_profile_table_is_fixed_width_with_ratios_to_baseline():
-    base = {"name": "plain", "params": 1000, "macs_per_second": 2e6, "peak_memory_inference_bytes": 2 ** 20,
-            "peak_memory_train_bytes": 3 * 2 ** 20, "latency_ms": 1.5}
-    half = {**base, "name": "plain K=2 sum", "params": 500, "macs_per_second": 1e6,
-            "peak_memory_train_bytes": None, "latency_ms": 0.75}
+    base = {
+        "name": "plain",
+        "params": 1000,
+        "macs_per_second": 2e6,
+        "peak_memory_inference_bytes": 2**20,
+        "peak_memory_train_bytes": 3 * 2**20,
+        "latency_ms": 1.5,
+    }
+    half = {
+        **base,
+        "name": "plain K=2 sum",
+        "params": 500,
+        "macs_per_second": 1e6,
+        "peak_memory_train_bytes": None,
+        "latency_ms": 0.75,
+    }
     lines = profile_table([base, half], baseline=base).splitlines()
     assert len({len(line) for line in lines}) == 1
     assert lines[2].split() == ["plain", "1,000", "2.0", "1.00", "3.00", "1.50", "1.000", "1.000", "1.000"]

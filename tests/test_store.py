@@ -104,16 +104,19 @@ def test_bad_speaker_names_are_refused(store_path, name):
         assert [s["name"] for s in store.speakers()] == ["alice"]
 
 
-@pytest.mark.parametrize("embeddings, match", [
-    (vectors(1)[0], r"shape \[N >= 1, 8\]"),                  # 1-D: one vector without the batch axis
-    (vectors(2)[None], r"shape \[N >= 1, 8\]"),
-    (np.zeros((2, DIM + 1), np.float32), r"shape \[N >= 1, 8\]"),
-    (np.zeros((0, DIM), np.float32), r"shape \[N >= 1, 8\]"),
-    (np.where(np.eye(2, DIM, dtype=bool), np.nan, 0.0), "NaN or infinite values"),
-    (np.full((2, DIM), np.inf), "NaN or infinite values"),
-    (np.full((1, DIM), 1e300), "NaN or infinite values"),      # overflows float32
-    (np.array([["x"] * DIM]), "real numbers"),
-])
+@pytest.mark.parametrize(
+    "embeddings, match",
+    [
+        (vectors(1)[0], r"shape \[N >= 1, 8\]"),  # 1-D: one vector without the batch axis
+        (vectors(2)[None], r"shape \[N >= 1, 8\]"),
+        (np.zeros((2, DIM + 1), np.float32), r"shape \[N >= 1, 8\]"),
+        (np.zeros((0, DIM), np.float32), r"shape \[N >= 1, 8\]"),
+        (np.where(np.eye(2, DIM, dtype=bool), np.nan, 0.0), "NaN or infinite values"),
+        (np.full((2, DIM), np.inf), "NaN or infinite values"),
+        (np.full((1, DIM), 1e300), "NaN or infinite values"),  # overflows float32
+        (np.array([["x"] * DIM]), "real numbers"),
+    ],
+)
 def test_bad_embeddings_are_refused_and_nothing_is_written(store_path, embeddings, match):
     with EnrollmentStore(store_path, model_id=MODEL) as store:
         with pytest.raises(StoreError, match=match):
@@ -178,8 +181,9 @@ def test_non_sqlite_file_is_refused_untouched(tmp_path, content):
     assert path.read_bytes() == content
 
 
-@pytest.mark.parametrize("schema", ["CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)",
-                                    "CREATE TABLE meta (key TEXT, value TEXT)"])
+@pytest.mark.parametrize(
+    "schema", ["CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)", "CREATE TABLE meta (key TEXT, value TEXT)"]
+)
 def test_someone_elses_sqlite_database_is_refused_untouched(tmp_path, schema):
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as db:
@@ -233,7 +237,9 @@ def test_locked_database_gives_a_clear_error_and_loses_nothing(store_path):
 
 ROWS = 64  # rows per enrollment in the child processes
 
-KILLED_CHILD = PRELUDE + f"""
+KILLED_CHILD = (
+    PRELUDE
+    + f"""
 import time
 store = EnrollmentStore(sys.argv[1], model_id={MODEL!r}, dim={DIM})
 store._db.execute("PRAGMA cache_size=2")  # spill uncommitted pages into the WAL before COMMIT
@@ -251,6 +257,7 @@ for i in range(1000):
     total = store.enroll(f"spk{{i % 3}}", rows)
     print("committed", i, total, flush=True)
 """
+)
 
 
 def test_sigkill_mid_enrollment_keeps_every_commit_and_no_partial(tmp_path):
@@ -280,7 +287,9 @@ def test_sigkill_mid_enrollment_keeps_every_commit_and_no_partial(tmp_path):
         assert store.enroll("spk1", np.ones((1, DIM))) == counts["spk1"] + 1
 
 
-RACING_CHILD = PRELUDE + f"""
+RACING_CHILD = (
+    PRELUDE
+    + f"""
 tag = int(sys.argv[2])
 store = EnrollmentStore(sys.argv[1], model_id={MODEL!r}, dim={DIM})
 print("ready", flush=True)
@@ -288,13 +297,21 @@ sys.stdin.readline()
 for i in range(100):
     store.enroll(f"spk{{i % 4}}", np.full((2, {DIM}), tag * 1000 + i, np.float32))
 """
+)
 
 
 def test_two_processes_enrolling_at_once_lose_nothing(tmp_path):
     path = tmp_path / "enroll.db"
     EnrollmentStore(path, model_id=MODEL, dim=DIM).close()
-    children = [subprocess.Popen([sys.executable, "-c", RACING_CHILD, str(path), str(tag)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for tag in (1, 2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACING_CHILD, str(path), str(tag)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tag in (1, 2)
+    ]
     try:
         assert [child.stdout.readline().strip() for child in children] == ["ready", "ready"]
         for child in children:  # both start enrolling together, after both have paid for their imports

@@ -71,9 +71,10 @@ def test_augmentation_keeps_shape_and_is_seeded():
     rng = np.random.default_rng(0)
     wav = (0.1 * rng.standard_normal(RATE)).astype(np.float32)
     other = (0.1 * rng.standard_normal(3 * RATE)).astype(np.float32)
-    config = augment.AugmentConfig(noise_prob=1, babble_prob=1, reverb_prob=1, bandlimit_prob=1, codec_prob=1,
-                                   gain_prob=1)
-    aug = augment.Augmenter(config, babble=lambda r, n: other[(s := int(r.integers(len(other) - n))):s + n])
+    config = augment.AugmentConfig(
+        noise_prob=1, babble_prob=1, reverb_prob=1, bandlimit_prob=1, codec_prob=1, gain_prob=1
+    )
+    aug = augment.Augmenter(config, babble=lambda r, n: other[(s := int(r.integers(len(other) - n))) : s + n])
     outs = [aug(wav, np.random.default_rng(seed)) for seed in (1, 1, 2)]
     for out in outs:
         assert out.shape == wav.shape and out.dtype == np.float32 and np.isfinite(out).all()
@@ -119,7 +120,9 @@ def test_teacher_crop_mapping(tmp_path):
     seg = data.Segment
     unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
     # windows are weighted by the fraction of them inside the crop
-    assert np.allclose(cache.target([seg(str(path), 800, 2400)]), unit(0.5 * windows[0] + windows[1] + 0.5 * windows[2]))
+    assert np.allclose(
+        cache.target([seg(str(path), 800, 2400)]), unit(0.5 * windows[0] + windows[1] + 0.5 * windows[2])
+    )
     expected = 0.5 * windows[0] + windows[1] + windows[2] + 0.5 * windows[3]
     assert np.allclose(cache.target([seg(str(path), 800, 3200)]), expected / np.linalg.norm(expected), atol=1e-6)
     # a joined crop counts each part by its length
@@ -167,8 +170,10 @@ def test_scan_splits_trials_and_sampler(tmp_path):
     sampler.set_epoch(1)
     assert list(sampler) != batches
     # two ranks split one global batch: together they hold batch_size * world distinct crops
-    ranks = [data.BalancedBatchSampler(labels, 5, 3, per_speaker=2, unlabeled=1, seed=3, rank=r, world_size=2)
-             for r in (0, 1)]
+    ranks = [
+        data.BalancedBatchSampler(labels, 5, 3, per_speaker=2, unlabeled=1, seed=3, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
     for b in range(3):
         both = ranks[0].batch(b) + ranks[1].batch(b)
         assert len(both) == 10 and len({seed for _, seed in both}) == 10
@@ -238,14 +243,17 @@ def test_bad_configs_raise_config_error(tmp_path):
         "bad yaml": "data: [\n",
         "negative": good + "max_minutes: -1\n",
     }
-    for name, text in cases.items():
+    for _name, text in cases.items():
         with pytest.raises(ConfigError):
             train_config.load_config(_write(tmp_path / "bad.yaml", text))
     with pytest.raises(ConfigError):
         train_config.load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError):
         train_config.load_config(_write(tmp_path / "ok.yaml", good), ["epochs=zero"])
-    assert train_config.load_config(tmp_path / "ok.yaml", ["loss.margin=0.3", "transform={subsets: 2}"]).transform.subsets == 2
+    assert (
+        train_config.load_config(tmp_path / "ok.yaml", ["loss.margin=0.3", "transform={subsets: 2}"]).transform.subsets
+        == 2
+    )
 
 
 # ----------------------------------------------------------------------------- training on real speech
@@ -289,14 +297,25 @@ def corpus(speech_root, tmp_path_factory):
 def _config(corpus, **changes):
     base = {
         "data": {"root": str(corpus / "wav"), "splits": str(corpus / "splits.csv")},
-        "model": {"name": "amcrn_small", "options": {"channels": 32, "embed_dim": 32, "se_channels": 8,
-                                                     "attention_channels": 16}},
+        "model": {
+            "name": "amcrn_small",
+            "options": {"channels": 32, "embed_dim": 32, "se_channels": 8, "attention_channels": 16},
+        },
         "transform": {"subsets": 2},
         "augment": {"noise_prob": 0.5, "reverb_prob": 0.5, "babble_prob": 0.2},
-        "loss": {"distill_weight": 1.0, "teacher_cache": str(corpus / "teacher.npz"), "aam_weight": 0.5,
-                 "margin_warmup": [0.0, 1.0]},
+        "loss": {
+            "distill_weight": 1.0,
+            "teacher_cache": str(corpus / "teacher.npz"),
+            "aam_weight": 0.5,
+            "margin_warmup": [0.0, 1.0],
+        },
         "optim": {"lr": 0.005, "warmup_epochs": 0.5},
-        "epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "per_speaker": 2, "crop_seconds": 1.5, "seed": 5,
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "batch_size": 8,
+        "per_speaker": 2,
+        "crop_seconds": 1.5,
+        "seed": 5,
         "eval": {"bootstrap": 20},
     }
     for key, value in changes.items():
@@ -348,14 +367,22 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     assert not _same(_weights(first.model), _weights(other_seed.model))
 
     # with a trial list: dev model selection, results.json and a model lightsv.load_model reads
-    evaluated = trainer.train(_config(corpus, **{"data.trials": str(corpus / "trials.txt"),
-                                                 "data.manifest": str(corpus / "manifest.csv"), "epochs": 1}),
-                              tmp_path / "e", progress=False)
+    evaluated = trainer.train(
+        _config(
+            corpus,
+            **{"data.trials": str(corpus / "trials.txt"), "data.manifest": str(corpus / "manifest.csv"), "epochs": 1},
+        ),
+        tmp_path / "e",
+        progress=False,
+    )
     results = evaluated.results["dev"]
     assert 0 <= results["overall"]["eer"] <= 100 and len(results["overall"]["eer_ci95"]) == 2
     assert set(results["families"]) <= {"arabic"}
     import lightsv
-    assert json.loads((tmp_path / "e" / "results.json").read_text())["dev"]["overall"]["eer"] == results["overall"]["eer"]
+
+    assert (
+        json.loads((tmp_path / "e" / "results.json").read_text())["dev"]["overall"]["eer"] == results["overall"]["eer"]
+    )
     model, extra = lightsv.load_model(tmp_path / "e" / "model.pt", return_extra=True)
     assert extra["training_config"]["model"]["name"] == "amcrn_small" and extra["eer"] == results["overall"]["eer"]
     assert trainer.export(tmp_path / "e", tmp_path / "final.pt").exists()
@@ -375,8 +402,12 @@ def _distributed_worker(rank, world, store, config, out, paths):
 def test_two_process_gloo_training_and_extraction(corpus, tmp_path):
     config = _config(corpus, epochs=1, steps_per_epoch=3, batch_size=4)
     paths = sorted(str(p) for p in (corpus / "wav").rglob("*.flac"))
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "store"), config, str(tmp_path / "out"), paths),
-             nprocs=2, join=True)
+    mp.spawn(
+        _distributed_worker,
+        args=(2, str(tmp_path / "store"), config, str(tmp_path / "out"), paths),
+        nprocs=2,
+        join=True,
+    )
     ranks = [torch.load(tmp_path / "out" / f"rank{r}.pt") for r in (0, 1)]
     assert _same(*ranks)
     model = train_config.build(config)
@@ -395,6 +426,7 @@ def test_online_teacher_reproduces_resemblyzer(speech_clip):
     audio = pytest.importorskip("resemblyzer.audio")
     from lightsv.audio import load
     from lightsv.teacher import OnlineTeacher
+
     wav = load(speech_clip[0])[: 3 * RATE]
     teacher = OnlineTeacher()
     ref = audio.wav_to_mel_spectrogram(audio.normalize_volume(wav, -30, increase_only=True))
@@ -404,7 +436,7 @@ def test_online_teacher_reproduces_resemblyzer(speech_clip):
     with torch.no_grad():
         windows = teacher.encoder(torch.from_numpy(crop[None, :160]))
         # a 3 s crop (300 whole frames): windows at frames 0, 70 and 140, averaged as resemblyzer does
-        three = teacher.encoder(torch.from_numpy(np.stack([ref[s:s + 160] for s in (0, 70, 140)])))
+        three = teacher.encoder(torch.from_numpy(np.stack([ref[s : s + 160] for s in (0, 70, 140)])))
     assert torch.allclose(teacher(torch.from_numpy(wav[:25600])[None]), windows, atol=1e-5)
     expected = torch.nn.functional.normalize(three.mean(0, keepdim=True), dim=1)
     assert torch.allclose(teacher(torch.from_numpy(wav)[None]), expected, atol=1e-5)
@@ -434,10 +466,20 @@ def test_dataset_keeps_the_clean_crop_for_the_teacher(tmp_path):
 
 def test_training_with_the_online_teacher(corpus, tmp_path, capsys):
     pytest.importorskip("resemblyzer")
-    config = _config(corpus, **{"loss.teacher": "online", "loss.teacher_cache": None, "loss.teacher_center": True,
-                                "augment.speed_prob": 0.5, "epochs": 1})
+    config = _config(
+        corpus,
+        **{
+            "loss.teacher": "online",
+            "loss.teacher_cache": None,
+            "loss.teacher_center": True,
+            "augment.speed_prob": 0.5,
+            "epochs": 1,
+        },
+    )
     import dataclasses
+
     import yaml
+
     (tmp_path / "online.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config)))))
     assert trainer.main(["teacher", str(tmp_path / "online.yaml")]) == 0  # recipe stage 1: nothing to cache
     assert "no teacher cache to build" in capsys.readouterr().out

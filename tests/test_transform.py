@@ -44,8 +44,9 @@ def test_padding_still_ignored(fusion):
     padded = feats.clone()
     padded[1, 31:] = 50.0
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, torch.tensor([50, 31]))[1:], model(feats[1:, :31]),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            model(padded, torch.tensor([50, 31]))[1:], model(feats[1:, :31]), rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -79,8 +80,13 @@ def test_single_block_costs_fall_by_design(share, param_ratio):
 
 
 def test_narrow_divides_every_channel_count():
-    block = nn.Sequential(nn.Conv1d(64, 128, 3, padding=1), nn.BatchNorm1d(128), nn.PReLU(128),
-                          nn.Conv1d(128, 128, 3, padding=1, groups=128), nn.Conv1d(128, 32, 1))
+    block = nn.Sequential(
+        nn.Conv1d(64, 128, 3, padding=1),
+        nn.BatchNorm1d(128),
+        nn.PReLU(128),
+        nn.Conv1d(128, 128, 3, padding=1, groups=128),
+        nn.Conv1d(128, 32, 1),
+    )
     small = transform.narrow(block, 4)
     assert [getattr(m, "out_channels", None) for m in small] == [32, None, None, 32, 8]
     assert small[3].groups == 32 and small[1].num_features == 32 and small[2].num_parameters == 32
@@ -90,9 +96,12 @@ def test_narrow_divides_every_channel_count():
 
 def test_third_party_model_by_pattern():
     # a model lightsv knows nothing about: channel-first blocks found by name pattern
-    model = nn.Sequential(nn.Conv1d(80, 64, 3, padding=1), nn.ReLU(),
-                          nn.Sequential(nn.Conv1d(64, 64, 3, padding=1), nn.BatchNorm1d(64), nn.ReLU()),
-                          nn.Conv1d(64, 32, 1))
+    model = nn.Sequential(
+        nn.Conv1d(80, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv1d(64, 64, 3, padding=1), nn.BatchNorm1d(64), nn.ReLU()),
+        nn.Conv1d(64, 32, 1),
+    )
     transform.apply(model, subsets=4, targets=["2", "3"])
     assert isinstance(model[2], transform.Transformed) and isinstance(model[3], transform.Transformed)
     assert model(torch.randn(2, 80, 20)).shape == (2, 32, 20)
@@ -127,8 +136,18 @@ def test_unknown_layer_with_parameters_is_refused():
 
 def test_apply_is_recorded_for_checkpoints(tmp_path):
     model = transform.apply(build_model("resnet18"), subsets=2, share=True, fusion="pool")
-    assert model.tuners == [{"kind": "transform", "options": {
-        "subsets": 2, "share": True, "fusion": "pool", "targets": list(model.transform_targets), "in_channels": None}}]
+    assert model.tuners == [
+        {
+            "kind": "transform",
+            "options": {
+                "subsets": 2,
+                "share": True,
+                "fusion": "pool",
+                "targets": list(model.transform_targets),
+                "in_channels": None,
+            },
+        }
+    ]
     path = lightsv.save_model(model, tmp_path / "m.pt")
     again = lightsv.load_model(path)
     feats = torch.randn(1, 40, 80)
@@ -137,8 +156,9 @@ def test_apply_is_recorded_for_checkpoints(tmp_path):
 
 
 def test_speechbrain_ecapa_unmodified():
-    ecapa_module = pytest.importorskip("speechbrain.lobes.models.ECAPA_TDNN",
-                                       reason="the lightsv[speechbrain] extra is not installed")
+    ecapa_module = pytest.importorskip(
+        "speechbrain.lobes.models.ECAPA_TDNN", reason="the lightsv[speechbrain] extra is not installed"
+    )
     torch.manual_seed(0)
     plain = ecapa_module.ECAPA_TDNN(input_size=80, lin_neurons=192)
     model = ecapa_module.ECAPA_TDNN(input_size=80, lin_neurons=192)

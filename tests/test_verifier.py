@@ -165,8 +165,9 @@ def test_calibration_is_written_into_the_checkpoint_and_read_as_threshold(ckpt, 
 
 
 def test_asnorm_calibration_applies_only_with_a_cohort(tmp_path):
-    path = tiny_checkpoint(tmp_path / "as.pt", calibration={"eer_threshold": 2.5, "far_thresholds": {},
-                                                           "score_norm": "asnorm"})
+    path = tiny_checkpoint(
+        tmp_path / "as.pt", calibration={"eer_threshold": 2.5, "far_thresholds": {}, "score_norm": "asnorm"}
+    )
     with Verifier.load(path) as v:
         assert v.threshold is None
         v.set_cohort(np.eye(v.dim, dtype=np.float32))

@@ -37,7 +37,8 @@ class MultiScaleBlock(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             nn.Conv1d(in_channels, out_channels // scales, 3, dilation=d, padding=d, bias=False)
-            for d in range(1, scales + 1))
+            for d in range(1, scales + 1)
+        )
         self.norm = nn.BatchNorm1d(out_channels)
         self.mix = nn.Conv1d(out_channels, out_channels, 1, bias=False)
         self.mix_norm = nn.BatchNorm1d(out_channels)

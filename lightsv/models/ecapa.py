@@ -29,8 +29,9 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation,
-                              padding=dilation * (kernel_size - 1) // 2)
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2
+        )
         self.norm = nn.BatchNorm1d(out_channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,8 +73,9 @@ class SqueezeExcite(nn.Module):
 
 
 class SERes2Block(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int,
-                 scale: int, se_channels: int):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int, scale: int, se_channels: int
+    ):
         super().__init__()
         self.conv_in = ConvBlock(in_channels, out_channels, 1)
         self.res2 = Res2Conv(out_channels, kernel_size, dilation, scale)

@@ -26,8 +26,9 @@ class BasicBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         y = torch.relu(self.norm1(self.conv1(x)))
@@ -46,11 +47,12 @@ class ResNet(nn.Module):
         c = config
         self.config = c
         self.feat_dim, self.embed_dim = c.feat_dim, c.embed_dim
-        self.stem = nn.Sequential(nn.Conv2d(1, c.base_width, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c.base_width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, c.base_width, 3, padding=1, bias=False), nn.BatchNorm2d(c.base_width), nn.ReLU()
+        )
         blocks, strides, channels = [], [], c.base_width
         for stage, depth in enumerate(c.layers):
-            width = c.base_width * 2 ** stage
+            width = c.base_width * 2**stage
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(BasicBlock(channels, width, stride))
@@ -68,7 +70,7 @@ class ResNet(nn.Module):
         x = feats.transpose(1, 2).unsqueeze(1)
         mask = frame_mask(lengths, x)
         x = self.stem(x * mask) * mask
-        for block, stride in zip(self.blocks, self.strides):
+        for block, stride in zip(self.blocks, self.strides, strict=True):
             x = block(x, mask=mask)
             if lengths is not None and stride > 1:
                 # a stride-2 convolution with padding 1 keeps ceil(T / 2) frames

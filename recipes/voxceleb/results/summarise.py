@@ -1,6 +1,6 @@
 """Best dev EER of every recipe run kept here, read from its train.log: writes variants.md.
 
-    python recipes/voxceleb/results/summarise.py
+python recipes/voxceleb/results/summarise.py
 """
 
 import re
@@ -11,7 +11,10 @@ EVAL = re.compile(r"epoch (\d+)(?: \(stopped[^)]*\))?: dev EER ([\d.]+)% minDCF 
 
 
 def main() -> None:
-    rows = ["| run | dev evaluations | best dev EER % (epoch) | minDCF there | last dev EER % |", "|---|---|---|---|---|"]
+    rows = [
+        "| run | dev evaluations | best dev EER % (epoch) | minDCF there | last dev EER % |",
+        "|---|---|---|---|---|",
+    ]
     for log in sorted(HERE.glob("**/train.log")):
         found = [(int(e), float(r), float(d)) for e, r, d in EVAL.findall(log.read_text())]
         if not found:

@@ -2,9 +2,11 @@
 
 The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
 clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher:
-online`).  Runs single-process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl on
-GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint that resumes exactly
-(batches and crops are functions of (seed, epoch, batch), see lightsv.data).
+online`); with a `spoof:` section, a binary bona fide / spoof cross-entropy on a countermeasure's
+score, with balanced batches and dev EER / t-DCF (lightsv.spoof).  Runs single-process or under
+`torchrun` (DistributedDataParallel, gloo on CPU, nccl on GPU).  Rank 0 logs and writes
+checkpoints; every epoch ends with a checkpoint that resumes exactly (batches and crops are
+functions of (seed, epoch, batch), see lightsv.data).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from lightsv.data import (
 from lightsv.distributed import Context, setup
 from lightsv.errors import ConfigError, LightsvError
 from lightsv.evaluation import evaluate
-from lightsv.features import Fbank
+from lightsv.features import features_for
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
 from lightsv.plots import det_plot
+from lightsv.spoof.data import entries as spoof_entries
+from lightsv.spoof.evaluate import asv_scores, evaluate_cm
 from lightsv.train_config import OptimConfig, TrainConfig, build, load_config
 
 log = logging.getLogger("lightsv.trainer")
@@ -64,14 +68,20 @@ class Objective(nn.Module):
         distill: DistillLoss | None,
         aam_weight: float,
         distill_weight: float,
+        binary: bool = False,
     ):
         super().__init__()
         self.model, self.aam, self.distill = model, aam, distill
         self.aam_weight, self.distill_weight = aam_weight, distill_weight
+        self.binary = binary
 
     def forward(self, feats, labels, targets, weights):
         emb = self.model(feats)
         zero = emb.new_zeros(())
+        if self.binary:  # a countermeasure: emb[:, 0] is the logit of bona fide (label 1)
+            loss = nn.functional.binary_cross_entropy_with_logits(emb[:, 0], labels.to(emb.dtype))
+            acc = ((emb[:, 0] > 0).long() == labels).to(emb.dtype).mean()
+            return loss, torch.stack([loss.detach(), loss.detach(), acc.detach(), zero])
         aam, acc = self.aam(emb, labels) if self.aam is not None else (zero, zero)
         distill = self.distill(emb, targets, weights) if self.distill is not None else zero
         loss = self.aam_weight * aam + self.distill_weight * distill
@@ -79,7 +89,10 @@ class Objective(nn.Module):
 
 
 def training_clips(c: TrainConfig) -> tuple[list[Clip], list[str]]:
-    """(labelled clips then unlabeled ones, speaker names in label order)."""
+    """(labelled clips then unlabeled ones, speaker names in label order); for a countermeasure the
+    protocol's training entries, with the classes ["spoof", "bonafide"] as labels 0 and 1."""
+    if c.spoof is not None:
+        return [Clip(e.path, e.label) for e in spoof_entries(c.spoof, c.data.root, "train")], ["spoof", "bonafide"]
     utts = select_split(scan(c.data.root), c.data.splits, c.data.train_split if c.data.splits else None)
     utts = [u for u in utts if _seconds(u.path) >= c.data.min_seconds]
     speakers = sorted({u.speaker for u in utts})
@@ -261,18 +274,18 @@ def train(
         model = build(c)
     aam = (
         AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale, c.loss.easy_margin)
-        if c.loss.aam_weight > 0
+        if c.loss.aam_weight > 0 and c.spoof is None
         else None
     )
     distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
-    objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight)
+    objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight, binary=c.spoof is not None)
     if stage == "finetune" and (root_out / "heads.pt").exists():
         heads = torch.load(root_out / "heads.pt", map_location="cpu", weights_only=True)
         for name, module in (("aam", aam), ("distill", distill)):
             if module is not None and name in heads:
                 module.load_state_dict(heads[name])
     objective.to(ctx.device)
-    fbank = Fbank(c.features).to(ctx.device)
+    fbank = features_for(model, c.features).to(ctx.device)
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -322,6 +335,33 @@ def train(
         )
     resumed_elapsed = state["elapsed"]
 
+    dev_entries = spoof_entries(c.spoof, c.data.root, "dev") if c.spoof is not None else []
+    asv = None
+    if c.spoof is not None and c.spoof.asv is not None:
+        # the ASV half of the t-DCF: scored once per experiment by a fixed speaker model
+        asv_file = out / "asv_scores.json"
+        if not asv_file.exists() and ctx.main:
+            asv_file.write_text(json.dumps(asv_scores(dev_entries, c.spoof.asv)))
+        ctx.barrier()
+        asv = json.loads(asv_file.read_text())
+
+    def dev_result(bootstrap: int | None = 0, manifest: str | None = None) -> dict:
+        if c.spoof is not None:
+            bootstrap = c.eval.bootstrap if bootstrap is None else bootstrap
+            return evaluate_cm(model, dev_entries, c.features, c.eval.max_seconds, asv, bootstrap)
+        return evaluate(
+            model,
+            c.data.trials,
+            c.data.trials_root or c.data.root,
+            manifest=manifest,
+            features=c.features,
+            eval_config=c.eval,
+            bootstrap=bootstrap,
+            ctx=ctx,
+        )
+
+    has_dev = bool(c.data.trials) or c.spoof is not None
+
     def save_checkpoint():
         if not ctx.main:
             return
@@ -350,17 +390,9 @@ def train(
 
     def dev_check(tag: str) -> float | None:
         sync_buffers()
-        if not c.data.trials:
+        if not has_dev:
             return None
-        result = evaluate(
-            model,
-            c.data.trials,
-            c.data.trials_root or c.data.root,
-            features=c.features,
-            eval_config=c.eval,
-            bootstrap=0,
-            ctx=ctx,
-        )
+        result = dev_result(bootstrap=0)
         eer = result["overall"]["eer"]
         if state["best_eer"] is None or eer < state["best_eer"]:
             state.update(best_eer=eer, best_step=state["step"], stale=0)
@@ -466,7 +498,7 @@ def train(
         log.info("stopped: %s", state["stopped"])
     sync_buffers()
 
-    if c.data.trials and (out / "best.pt").exists():
+    if has_dev and (out / "best.pt").exists():
         model = load_model(out / "best.pt").to(ctx.device)
     model.eval()
     results = {
@@ -479,17 +511,15 @@ def train(
         "stopped": state["stopped"],
         "history": state["history"],
     }
-    if c.data.trials:
-        result = evaluate(
-            model,
-            c.data.trials,
-            c.data.trials_root or c.data.root,
-            manifest=c.data.manifest,
-            features=c.features,
-            eval_config=c.eval,
-            ctx=ctx,
-        )
+    if has_dev:
+        result = dev_result(bootstrap=None, manifest=c.data.manifest)
         results["dev"] = {k: v for k, v in result.items() if k not in ("scores", "labels")}
+        if c.spoof is not None and ctx.main:
+            det_plot(
+                {"countermeasure": (result["scores"], result["labels"])},
+                out / "det.png",
+                title="dev (bona fide vs spoof)",
+            )
     if ctx.main:
         extra = {"dev_eer": results.get("dev", {}).get("overall", {}).get("eer")}
         save_model(

@@ -47,6 +47,7 @@ from lightsv.errors import ConfigError, LightsvError
 from lightsv.evaluation import evaluate
 from lightsv.features import features_for
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
+from lightsv.peft import merge
 from lightsv.plots import det_plot
 from lightsv.spoof.data import entries as spoof_entries
 from lightsv.spoof.evaluate import asv_scores, evaluate_cm
@@ -456,12 +457,13 @@ def train(
             if state["step"] % c.log_every == 0:
                 m = sums / count
                 log.info(
-                    "%s epoch %d batch %d/%d: loss %.4f aam %.4f acc %.3f distill %.4f lr %.2e",
+                    "%s epoch %d batch %d/%d: loss %.4f %s %.4f acc %.3f distill %.4f lr %.2e",
                     stage,
                     epoch + 1,
                     state["batch"],
                     steps,
                     m[0],
+                    "bce" if c.spoof is not None else "aam",
                     m[1],
                     m[2],
                     m[3],
@@ -565,11 +567,58 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = Fal
         raise ConfigError(f"{exp_dir}: no model.pt to export (run the training stage first)")
     eer, best = min(candidates, key=lambda x: x[0])
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    if not half:
+    model, extra = load_model(best, return_extra=True)
+    if not half and not any(r.get("kind") == "lora" for r in getattr(model, "tuners", [])):
         shutil.copyfile(best, dest)
         return Path(dest)
-    model, extra = load_model(best, return_extra=True)
-    return save_model(model, dest, half=True, **extra)
+    # LoRA is folded into its base weights (peft's merge): the exported model runs without it
+    merge(model, strict=False)
+    return save_model(model, dest, half=half, **extra)
+
+
+def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> dict:
+    """Score a countermeasure on the dev entries of `c`: results.json, results.md (overall and per
+    spoofing system: EER, t-DCF 2019 and 2021) and det.png in `out`."""
+    torch.set_num_threads(c.threads)
+    model = load_model(model_path)
+    entries = spoof_entries(c.spoof, c.data.root, "dev")
+    out.mkdir(parents=True, exist_ok=True)
+    asv = None
+    if c.spoof.asv is not None:
+        asv_file = out / "asv_scores.json"
+        if not asv_file.exists():
+            asv_file.write_text(json.dumps(asv_scores(entries, c.spoof.asv)))
+        asv = json.loads(asv_file.read_text())
+    result = evaluate_cm(model, entries, c.features, c.eval.max_seconds, asv, c.eval.bootstrap, progress=True)
+    scores = {k: v for k, v in result.items() if k not in ("scores", "labels")}
+    (out / "results.json").write_text(json.dumps(scores, indent=2))
+    det_plot({Path(model_path).name: (result["scores"], result["labels"])}, out / "det.png", title="dev")
+
+    def fmt(v) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    o = scores["overall"]
+    lines = [
+        f"# {model_path} on the dev entries of {c.spoof.dev_protocol or c.spoof.protocol}",
+        "",
+        "| system | spoof clips | EER % | t-DCF 2019 | t-DCF 2021 |",
+        "|---|---|---|---|---|",
+        f"| all | {o['nontargets']} | {fmt(o['eer'])} | {fmt(o.get('t_dcf_2019'))} | {fmt(o.get('t_dcf_2021'))} |",
+    ]
+    for name, s in scores["systems"].items():
+        lines.append(
+            f"| {name} | {s['spoof']} | {fmt(s['eer'])} | {fmt(s.get('t_dcf_2019'))} | {fmt(s.get('t_dcf_2021'))} |"
+        )
+    lines += ["", f"{o['targets']} bona fide clips; EER 95 % interval {fmt(o.get('eer_ci95'))}."]
+    if "asv" in scores:
+        a = scores["asv"]
+        lines.append(
+            f"ASV for the t-DCF: {c.spoof.asv} speaker model, EER {a['eer']:.2f} % on {a['target_trials']} target / "
+            f"{a['nontarget_trials']} non-target bona fide trials of dev speakers, {a['spoof_trials']} spoof trials."
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return scores
 
 
 # ----------------------------------------------------------------------------- command line
@@ -625,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             cache = teacher_cache(config)
             print(f"{config.loss.teacher_cache}: {len(cache)} clips, {cache.windows.shape[0]} windows")
+        elif config.spoof is not None:
+            evaluate_spoof(config, args.model, Path(args.out))
         else:
             ctx = setup(config.device)
             torch.set_num_threads(config.threads)

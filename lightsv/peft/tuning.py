@@ -84,18 +84,21 @@ def frozen_train(model: nn.Module, mode: bool) -> None:
             module.training = True
 
 
-def merge(model: nn.Module) -> nn.Module:
-    """Fold every LoRA into its base layer and unwrap it (peft's merge); other tuners are refused.
+def merge(model: nn.Module, strict: bool = True) -> nn.Module:
+    """Fold every LoRA into its base layer and unwrap it (peft's merge), in place; returns `model`.
 
-    The LoRA records leave `model.tuners`: the merged weights are plain base weights now, so a
-    checkpoint of the merged model must not replay them.
+    Non-linear tuners (adapters, prompts, prefixes) cannot be folded: with `strict` they are refused
+    before anything changes, otherwise they stay as they are. The LoRA records leave `model.tuners`:
+    the merged weights are plain base weights now, which a checkpoint must not replay LoRA onto.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, Tuner) or _is_lora(m)]
+    fixed = [n for n in names if isinstance(model.get_submodule(n), Tuner) and not model.get_submodule(n).linear]
+    if fixed and strict:
+        kind = type(model.get_submodule(fixed[0])).__name__
+        raise ConfigError(f"{fixed[0]}: a {kind} is not linear and cannot be merged; nothing merged")
     for name in names:
-        module = model.get_submodule(name)
-        if isinstance(module, Tuner) and not module.linear:
-            raise ConfigError(f"{name}: a {type(module).__name__} is not linear and cannot be merged; nothing merged")
-    for name in names:
+        if name in fixed:
+            continue
         module = model.get_submodule(name)
         if isinstance(module, Tuner):
             replace_module(model, name, module.merge())

@@ -27,10 +27,19 @@ class Family:
     def sites(self, prefix: str) -> dict[str, str]:
         sites = {"layer": self.layers, "attention": self.attention, "ffn": self.ffn}
         sites.update({k: rf"{self.layers}\.{v}" for k, v in self.linears.items()})
-        return {k: rf"{prefix}\.{v}" for k, v in sites.items()}
+        return {k: _tolerant(rf"{prefix}\.{v}") for k, v in sites.items()}
 
     def adapter_sites(self, prefix: str) -> dict[str, Site]:
-        return {"attention": Site(rf"{prefix}\.{self.attention}"), "ffn": Site(rf"{prefix}\.{self.ffn}")}
+        return {
+            "attention": Site(_tolerant(rf"{prefix}\.{self.attention}")),
+            "ffn": Site(_tolerant(rf"{prefix}\.{self.ffn}")),
+        }
+
+
+def _tolerant(pattern: str) -> str:
+    """`pattern` also matching where earlier tuners put a wrapper in the path (`...base_layer...`),
+    so tuners stack: LoRA on q after a Houlsby adapter wrapped the attention, say."""
+    return pattern.replace(r"\.", r"(?:\.base_layer)*\.")
 
 
 WAV2VEC2 = Family(

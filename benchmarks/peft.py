@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run as a script, this file's folder comes first on sys.path, and this file would shadow the peft
 # package that lightsv's LoRA imports.
@@ -96,8 +97,7 @@ def measure(size: str, tuners: list[dict], seconds: float, steps: int) -> dict:
     torch.manual_seed(0)
     before = _rss_mb("VmRSS")
     finetune = "tuners" if tuners else "full"
-    model = lightsv.build_model("ssl", size=size, finetune=finetune)
-    model = replay(model, tuners)
+    model: Any = replay(lightsv.build_model("ssl", size=size, finetune=finetune), tuners)
     model.prepare_training()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -44,7 +44,7 @@ class BottleneckAdapter(nn.Module):
         hidden = _hidden(dim, reduction)
         self.down, self.act, self.up = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        nn.init.zeros_(self.up.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))
@@ -68,7 +68,7 @@ class ConformerAdapter(nn.Module):
         self.act = nn.SiLU()
         self.pointwise_out = nn.Conv1d(hidden, dim, 1)
         nn.init.zeros_(self.pointwise_out.weight)
-        nn.init.zeros_(self.pointwise_out.bias)
+        nn.init.zeros_(self.pointwise_out.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.glu(self.pointwise_in(x.transpose(1, 2)))

@@ -38,7 +38,7 @@ def apply(
             f"LoRA here wraps linear layers; {wrong[0]} is {type(model.get_submodule(wrong[0])).__name__}"
         )
     try:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # type: ignore[attr-defined]
     except ImportError:
         raise ConfigError("LoRA needs peft: pip install -c constraints.txt 'lightsv[peft]'") from None
 
@@ -50,8 +50,6 @@ def apply(
     for name, param in model.named_parameters():
         original = name.replace(".base_layer.", ".")
         param.requires_grad_(trainable.get(original, trainable.get(name, True)))
-    model.tuners = [
-        *tuners,
-        {"kind": "lora", "options": {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}},
-    ]
+    record = {"kind": "lora", "options": {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}}
+    setattr(model, "tuners", [*tuners, record])  # noqa: B010  (a plain attribute, not a submodule)
     return model

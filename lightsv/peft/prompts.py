@@ -14,6 +14,7 @@ learn). Both start small (std 0.02) so the change starts small.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,8 @@ class Prompted(Tuner):
 
 
 class Prefixed(Tuner):
+    base_layer: Any  # a transformers attention module: q_proj, k_proj, v_proj, scaling, ...
+
     """A self-attention module whose keys and values have `length` learned positions in front.
 
     transformers' attention modules size keys by the query's length, so the prefix cannot be added by
@@ -76,7 +79,7 @@ class Prefixed(Tuner):
     attends with torch's scaled_dot_product_attention instead (checked against the base in the tests).
     """
 
-    def __init__(self, base_layer: nn.Module, length: int, name: str):
+    def __init__(self, base_layer: Any, length: int, name: str):
         super().__init__()
         missing = [a for a in ("q_proj", "k_proj", "v_proj", "head_dim", "scaling") if not hasattr(base_layer, a)]
         out = getattr(base_layer, "o_proj", getattr(base_layer, "out_proj", None))

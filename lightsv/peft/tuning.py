@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from torch import nn
 
@@ -99,11 +100,11 @@ def merge(model: nn.Module, strict: bool = True) -> nn.Module:
     for name in names:
         if name in fixed:
             continue
-        module = model.get_submodule(name)
+        module: Any = model.get_submodule(name)
         if isinstance(module, Tuner):
             replace_module(model, name, module.merge())
         else:
             module.merge()  # peft's LoraLayer.merge: W += scale * B @ A
             replace_module(model, name, module.get_base_layer())
-    model.tuners = [r for r in getattr(model, "tuners", []) if r.get("kind") != "lora"]
+    setattr(model, "tuners", [r for r in getattr(model, "tuners", []) if r.get("kind") != "lora"])  # noqa: B010
     return model

@@ -65,10 +65,12 @@ def asv_scores(entries: Sequence[Entry], model: str | None = None) -> dict:
     spoofs = [e for e in entries if e.label == SPOOF and e.speaker in by_speaker]
     emb = verifier.embed_many([e.path for e in bona + spoofs], progress=False)
     bona_emb, spoof_emb = emb[: len(bona)], emb[len(bona) :]
-    target, nontarget = [], []
+    target: list[float] = []
+    nontarget: list[float] = []
     for i, j in itertools.combinations(range(len(bona)), 2):
         (target if bona[i].speaker == bona[j].speaker else nontarget).append(float(bona_emb[i] @ bona_emb[j]))
-    spoof, systems = [], []
+    spoof: list[float] = []
+    systems: list[str] = []
     for k, e in enumerate(spoofs):
         for i in by_speaker[e.speaker]:
             spoof.append(float(bona_emb[i] @ spoof_emb[k]))

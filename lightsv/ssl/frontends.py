@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from lightsv.errors import ConfigError
 from lightsv.peft.adapters import Site
 
@@ -154,31 +152,31 @@ def _transformers():
     return transformers
 
 
-def encoder_class(family: Family) -> type:
+def encoder_class(family: Family) -> Any:
     t = _transformers()
     return t.Wav2Vec2Model if family is WAV2VEC2 else t.ASTModel
 
 
-def config_class(family: Family) -> type:
+def config_class(family: Family) -> Any:
     t = _transformers()
     return t.Wav2Vec2Config if family is WAV2VEC2 else t.ASTConfig
 
 
-def from_config(model_type: str, config: dict[str, Any]) -> tuple[Family, nn.Module]:
+def from_config(model_type: str, config: dict[str, Any]) -> tuple[Family, Any]:
     """A randomly initialised encoder of `model_type` from a config dict."""
     family = _family(model_type, "encoder config")
     cfg = config_class(family)(**{k: v for k, v in config.items() if k != "model_type"})
     return family, encoder_class(family)(cfg)
 
 
-def from_size(size: str) -> tuple[Family, nn.Module]:
+def from_size(size: str) -> tuple[Family, Any]:
     if size not in SIZES:
         raise ConfigError(f"unknown front-end size {size!r}; known: {', '.join(SIZES)} (or pretrained: DIR)")
     spec = SIZES[size]
     return from_config(spec.family.model_type, spec.config)
 
 
-def from_pretrained(directory: str) -> tuple[Family, nn.Module]:
+def from_pretrained(directory: str) -> tuple[Family, Any]:
     """The encoder stored in a local transformers checkpoint directory; no download is attempted."""
     path = Path(directory)
     if not path.is_dir():

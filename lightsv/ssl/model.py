@@ -47,6 +47,8 @@ class SSLModel(nn.Module):
     the checkpoint's `max_length`.
     """
 
+    ssl: Any  # transformers Wav2Vec2Model or ASTModel
+
     def __init__(self, config: SSLConfig):
         super().__init__()
         if config.head not in HEADS:
@@ -133,7 +135,9 @@ class FittedPositions(nn.Module):
     (bilinear, as AST itself does from ImageNet's grid to AudioSet's), not cut or dropped; an input
     of the checkpoint's `max_length` uses the grid unchanged."""
 
-    def __init__(self, base_layer: nn.Module, config: Any):
+    base_layer: Any  # transformers ASTEmbeddings
+
+    def __init__(self, base_layer: Any, config: Any):
         super().__init__()
         self.base_layer = base_layer
         self.patch, self.stride = config.patch_size, config.time_stride

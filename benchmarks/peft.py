@@ -171,7 +171,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per row (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (after one warm-up step)")
     parser.add_argument("--only", help="run the rows of this model size only")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # internal: measure one row, print JSON
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode:
             raise SystemExit(f"row {ROWS[i][:2]} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    load_end = os.getloadavg()
     for r in rows:
         full = next(f for f in rows if f["model"] == r["model"] and f["method"] == "full")
         r["trainable_pct"] = round(100.0 * r["trainable_params"] / r["total_params"], 4)
@@ -211,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# Parameter-efficient tuning vs full fine-tuning\n\n"
         f"`python benchmarks/peft.py` ({args.seconds:g} s of audio, batch 2, Adam, one thread, median of "
         f"{args.steps} steps after a warm-up; torch {torch.__version__}, {platform.machine()}, load average "
-        f"{load[0]:.2f} at the start: other work was running on this shared 2-core machine, so step times "
-        f"carry its noise). Random weights at the real sizes. train_peak_mb: peak resident memory over the "
+        f"{load[0]:.2f} at the start and {load_end[0]:.2f} at the end: other work was running on this "
+        f"shared 2-core machine, so step times carry its noise). Random weights at the real sizes. "
+        f"train_peak_mb: peak resident memory over the "
         f"timed steps minus the resident memory before the model was built (weights + gradients + Adam "
         f"state + activations), each row in a fresh process. trainable_params include the attentive head "
         f"(every row has it); tuner_params are the tuner's own.\n\n"

@@ -324,13 +324,15 @@ def train(
     else:
         params_count = sum(p.numel() for p in model.parameters())
         log.info(
-            "%s: %d labelled clips of %d speakers, %d unlabeled; %s with %d parameters; %d steps/epoch x %d",
+            "%s: %d labelled clips of %d %s, %d unlabeled; %s with %d parameters (%d trainable); %d steps/epoch x %d",
             stage,
             n_labelled,
             len(speakers),
+            "classes" if c.spoof is not None else "speakers",
             len(clips) - n_labelled,
             c.model.name,
             params_count,
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
             steps,
             c.epochs,
         )

@@ -186,3 +186,19 @@ def test_config_errors_for_tuners(corpus):
         from lightsv.train_config import build
 
         build(config(corpus, "tuners", [{"kind": "lora", "options": {"targets": ["query"]}}]))
+
+
+def test_asv_scores_come_from_the_protocols_own_speakers(corpus):
+    import dataclasses
+
+    from lightsv.spoof import asv_scores
+
+    entries = read_protocol(corpus / "protocol.csv", corpus)
+    # the synthetic spoofs belong to speakers without bona fide audio; give half of them one that has
+    entries = [dataclasses.replace(e, speaker="s0") if e.label == SPOOF and e.system == "A01" else e for e in entries]
+    asv = asv_scores(entries)  # the shipped speaker model
+    assert len(asv["target"]) == 12 and len(asv["nontarget"]) == 16  # 2 speakers x C(4, 2); 4 x 4 across
+    assert len(asv["spoof"]) == 4 * 4 and set(asv["spoof_systems"]) == {"A01"}  # 4 A01 clips x 4 bona fide of s0
+    result = evaluate_cm(lightsv.build_model("ssl", size="wav2vec2_tiny", head_dim=8), entries, asv=asv, bootstrap=0)
+    assert result["systems"]["A02"]["t_dcf_2019"] is None and "t_dcf_2019_why" in result["systems"]["A02"]
+    assert result["asv"]["target_trials"] == 12

@@ -72,6 +72,19 @@ def test_enroll_appends_and_verify_scores_cosine_to_the_mean(v, clips):
     assert v.delete("alice") == 2 and v.speakers() == []
 
 
+def test_short_clips_are_repeated_to_half_a_second_down_to_the_minimum(tmp_path, clips):
+    path = tiny_checkpoint(tmp_path / "short.pt", min_seconds=0.25)
+    wav = load(clips["ls19"][0])[16000:20000]  # 0.25 s of speech
+    with Verifier.load(path) as v:
+        repeated = v.embed(np.concatenate([wav, wav]), sample_rate=16000)
+        np.testing.assert_allclose(v.embed(wav, sample_rate=16000), repeated, atol=1e-6)
+        with pytest.raises(AudioError, match="shorter than the minimum of 0.25 s"):
+            v.embed(wav[:3900], sample_rate=16000)
+    with Verifier.load(tiny_checkpoint(tmp_path / "plain.pt")) as v:  # no min_seconds: the default 0.5 s
+        with pytest.raises(AudioError, match="shorter than the minimum of 0.5 s"):
+            v.embed(wav, sample_rate=16000)
+
+
 def test_given_threshold_decides_and_the_boundary_accepts(ckpt, clips):
     # calibrated thresholds are real trial scores: a trial scoring exactly the threshold is accepted
     with Verifier.load(ckpt, threshold=0.0) as v:

@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -122,6 +123,8 @@ def teacher_cache(c: TrainConfig, clips: list[Clip] | None = None, ctx: Context 
 
     ctx = ctx or Context()
     clips = clips if clips is not None else training_clips(c)[0]
+    if not c.loss.teacher_cache:
+        raise ConfigError("loss.teacher_cache: no path for the teacher cache")
     path = Path(c.loss.teacher_cache)
     if ctx.main:
         existing = TeacherCache.load(path) if path.exists() else None
@@ -290,6 +293,7 @@ def train(
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
     if c.optim.name == "adamw":
         optimizer = torch.optim.AdamW(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
     else:
@@ -301,7 +305,7 @@ def train(
         optimizer, _lr_factor(c.optim, total_steps, int(round(c.optim.warmup_epochs * steps)))
     )
 
-    state = {
+    state: dict[str, Any] = {
         "epoch": 0,
         "batch": 0,
         "step": 0,
@@ -354,7 +358,7 @@ def train(
             return evaluate_cm(model, dev_entries, c.features, c.eval.max_seconds, asv, bootstrap)
         return evaluate(
             model,
-            c.data.trials,
+            c.data.trials or "",  # only called when there are trials (has_dev)
             c.data.trials_root or c.data.root,
             manifest=manifest,
             features=c.features,
@@ -476,14 +480,14 @@ def train(
                 break
         state["elapsed"] = resumed_elapsed + time.monotonic() - started
         finished = state["batch"] >= steps
-        m = (sums / max(count, 1)).tolist()
+        means = (sums / max(count, 1)).tolist()
         entry = {
             "epoch": epoch + 1,
             "step": state["step"],
-            "loss": m[0],
-            "aam": m[1],
-            "accuracy": m[2],
-            "distill": m[3],
+            "loss": means[0],
+            "aam": means[1],
+            "accuracy": means[2],
+            "distill": means[3],
             "minutes": state["elapsed"] / 60.0,
         }
         if finished:
@@ -555,9 +559,12 @@ def train(
     return Trained(model, results, out)
 
 
-def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:
+def export(
+    exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False, min_seconds: float | None = None
+) -> Path:
     """Copy the model with the lowest dev EER of `exp_dir` (trained or fine-tuned) to `dest`;
-    `half` stores its weights as float16 (the shipped size)."""
+    `half` stores its weights as float16 (the shipped size); `min_seconds` is the shortest clip
+    the Verifier will accept with it."""
     exp_dir = Path(exp_dir)
     candidates = []
     for sub in (exp_dir, exp_dir / "finetune"):
@@ -570,9 +577,14 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = Fal
     eer, best = min(candidates, key=lambda x: x[0])
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     model, extra = load_model(best, return_extra=True)
-    if not half and not any(r.get("kind") == "lora" for r in getattr(model, "tuners", [])):
+    lora = any(r.get("kind") == "lora" for r in getattr(model, "tuners", []))
+    if not half and min_seconds is None and not lora:
         shutil.copyfile(best, dest)
         return Path(dest)
+    if min_seconds is not None:
+        if not min_seconds > 0:
+            raise ConfigError(f"min_seconds must be positive, got {min_seconds}")
+        extra["min_seconds"] = float(min_seconds)
     # LoRA is folded into its base weights (peft's merge): the exported model runs without it
     merge(model, strict=False)
     return save_model(model, dest, half=half, **extra)
@@ -581,15 +593,18 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = Fal
 def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> dict:
     """Score a countermeasure on the dev entries of `c`: results.json, results.md (overall and per
     spoofing system: EER, t-DCF 2019 and 2021) and det.png in `out`."""
+    spoof = c.spoof
+    if spoof is None:
+        raise ConfigError("evaluate_spoof: the config has no spoof section")
     torch.set_num_threads(c.threads)
     model = load_model(model_path)
-    entries = spoof_entries(c.spoof, c.data.root, "dev")
+    entries = spoof_entries(spoof, c.data.root, "dev")
     out.mkdir(parents=True, exist_ok=True)
     asv = None
-    if c.spoof.asv is not None:
+    if spoof.asv is not None:
         asv_file = out / "asv_scores.json"
         if not asv_file.exists():
-            asv_file.write_text(json.dumps(asv_scores(entries, c.spoof.asv)))
+            asv_file.write_text(json.dumps(asv_scores(entries, spoof.asv)))
         asv = json.loads(asv_file.read_text())
     result = evaluate_cm(model, entries, c.features, c.eval.max_seconds, asv, c.eval.bootstrap, progress=True)
     scores = {k: v for k, v in result.items() if k not in ("scores", "labels")}
@@ -601,7 +616,7 @@ def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> 
 
     o = scores["overall"]
     lines = [
-        f"# {model_path} on the dev entries of {c.spoof.dev_protocol or c.spoof.protocol}",
+        f"# {model_path} on the dev entries of {spoof.dev_protocol or spoof.protocol}",
         "",
         "| system | spoof clips | EER % | t-DCF 2019 | t-DCF 2021 |",
         "|---|---|---|---|---|",
@@ -615,7 +630,7 @@ def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> 
     if "asv" in scores:
         a = scores["asv"]
         lines.append(
-            f"ASV for the t-DCF: {c.spoof.asv} speaker model, EER {a['eer']:.2f} % on {a['target_trials']} target / "
+            f"ASV for the t-DCF: {spoof.asv} speaker model, EER {a['eer']:.2f} % on {a['target_trials']} target / "
             f"{a['nontarget_trials']} non-target bona fide trials of dev speakers, {a['spoof_trials']} spoof trials."
         )
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -629,7 +644,9 @@ def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lightsv.trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    overrides: dict[str, Any] = dict(
+        action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
     for name, text in (("train", "train a model"), ("finetune", "large-margin fine-tune a trained model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
@@ -651,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exp_dir")
     p.add_argument("dest")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    p.add_argument("--min-seconds", type=float, help="shortest clip the verifier accepts with this model")
     return parser
 
 
@@ -659,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export":
-            print(export(args.exp_dir, args.dest, half=args.half))
+            print(export(args.exp_dir, args.dest, half=args.half, min_seconds=args.min_seconds))
             return 0
         config = load_config(args.config, args.overrides)
         if args.command in ("train", "finetune"):
@@ -679,12 +697,15 @@ def main(argv: list[str] | None = None) -> int:
         elif config.spoof is not None:
             evaluate_spoof(config, args.model, Path(args.out))
         else:
+            trials = args.trials or config.data.trials
+            if not trials:
+                raise ConfigError("no trial list to score: give --trials or set data.trials")
             ctx = setup(config.device)
             torch.set_num_threads(config.threads)
             model = load_model(args.model).to(ctx.device)
             result = evaluate(
                 model,
-                args.trials or config.data.trials,
+                trials,
                 args.root or config.data.trials_root or config.data.root,
                 manifest=args.manifest or config.data.manifest,
                 features=config.features,
@@ -700,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                 det_plot(
                     {Path(args.model).name: (result["scores"], result["labels"])},
                     out / "det.png",
-                    title=Path(args.trials or config.data.trials).name,
+                    title=Path(trials).name,
                 )
                 print(json.dumps(scores["overall"], indent=2))
         return 0

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from lightsv import augment, data, distributed, evaluation, train_config, trainer
 from lightsv.errors import ConfigError
+from lightsv.features import Fbank
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
 from lightsv.teacher import TeacherCache, build_cache
 
@@ -340,7 +341,7 @@ def test_steps_reduce_the_loss(corpus):
     wav, labels, targets, weights, clean = data.collate([dataset[(i, i)] for i in range(len(clips))])
     model = train_config.build(config)
     objective = trainer.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
-    feats, _ = trainer.Fbank()(wav)
+    feats, _ = Fbank()(wav)
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.01)
     losses = []
     for _ in range(12):
@@ -386,6 +387,11 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     model, extra = lightsv.load_model(tmp_path / "e" / "model.pt", return_extra=True)
     assert extra["training_config"]["model"]["name"] == "amcrn_small" and extra["eer"] == results["overall"]["eer"]
     assert trainer.export(tmp_path / "e", tmp_path / "final.pt").exists()
+    half = trainer.export(tmp_path / "e", tmp_path / "half.pt", half=True, min_seconds=0.25)
+    _, half_extra = lightsv.load_model(half, return_extra=True)
+    assert half_extra["min_seconds"] == 0.25 and half_extra["eer"] == extra["eer"]
+    with pytest.raises(ConfigError, match="min_seconds must be positive"):
+        trainer.export(tmp_path / "e", tmp_path / "bad.pt", min_seconds=0)
 
 
 def _distributed_worker(rank, world, store, config, out, paths):

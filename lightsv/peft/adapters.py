@@ -44,7 +44,7 @@ class BottleneckAdapter(nn.Module):
         hidden = _hidden(dim, reduction)
         self.down, self.act, self.up = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)  # type: ignore[arg-type]
+        nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))

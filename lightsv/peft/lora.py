@@ -8,7 +8,9 @@ so a checkpoint replays it. `lightsv.peft.merge` folds the LoRA weights into the
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -38,15 +40,15 @@ def apply(
             f"LoRA here wraps linear layers; {wrong[0]} is {type(model.get_submodule(wrong[0])).__name__}"
         )
     try:
-        from peft import LoraConfig, inject_adapter_in_model  # type: ignore[attr-defined]
+        peft: Any = importlib.import_module("peft")  # optional: the peft extra
     except ImportError:
         raise ConfigError("LoRA needs peft: pip install -c constraints.txt 'lightsv[peft]'") from None
 
     tuners = list(getattr(model, "tuners", []))
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names)
     # peft marks only adapter weights trainable; which weights train is lightsv.peft.freeze's decision
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    inject_adapter_in_model(config, model)
+    peft.inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
         original = name.replace(".base_layer.", ".")
         param.requires_grad_(trainable.get(original, trainable.get(name, True)))

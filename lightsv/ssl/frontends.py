@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,14 +143,13 @@ SIZES: dict[str, Size] = {
 }
 
 
-def _transformers():
+def _transformers() -> Any:
     try:
-        import transformers
+        return importlib.import_module("transformers")  # optional: the peft extra
     except ImportError:
         raise ConfigError(
             "transformer front-ends need transformers: pip install -c constraints.txt 'lightsv[peft]'"
         ) from None
-    return transformers
 
 
 def encoder_class(family: Family) -> Any:

@@ -273,7 +273,11 @@ def train(
 
     torch.manual_seed(c.seed)
     if stage == "finetune":
-        model = load_model(root_out / "model.pt").train()
+        model = load_model(root_out / "model.pt")
+        prepare = getattr(model, "prepare_training", None)
+        if prepare is not None:  # a frozen encoder stays frozen in the second stage too
+            prepare()
+        model.train()
     else:
         model = build(c)
     aam = (

@@ -47,9 +47,9 @@ def test_round_trip_append_list_delete_and_reopen(tmp_path):
     path = tmp_path / "enroll.db"
     first, second, bob = vectors(3, 1), vectors(2, 2), vectors(4, 3)
     with EnrollmentStore(path, model_id=MODEL, dim=DIM) as store:
-        assert store.enroll("alice", first) == 3
-        assert store.enroll("bob", bob.astype(np.float64), sources=[f"clip{i}.wav" for i in range(4)]) == 4
-        assert store.enroll("alice", second) == 5
+        assert store.enroll("alice", first).total == 3
+        assert store.enroll("bob", bob.astype(np.float64), sources=[f"clip{i}.wav" for i in range(4)]).total == 4
+        assert store.enroll("alice", second).total == 5
         got = store.embeddings("alice")
         assert got.dtype == np.float32 and got.shape == (5, DIM)
         np.testing.assert_array_equal(got, np.concatenate([first, second]))
@@ -68,7 +68,7 @@ def test_round_trip_append_list_delete_and_reopen(tmp_path):
         with pytest.raises(UnknownSpeakerError, match="'alice'"):
             store.delete("alice")
     with EnrollmentStore(path, model_id=MODEL) as store:
-        assert store.dim == DIM and len(store) == 1 and store.enroll("alice", first) == 3
+        assert store.dim == DIM and len(store) == 1 and store.enroll("alice", first).total == 3
 
 
 def test_reenroll_keeps_created_and_moves_updated(store_path):
@@ -222,7 +222,7 @@ def test_locked_database_gives_a_clear_error_and_loses_nothing(store_path):
             with pytest.raises(StoreError, match="locked by another process"):
                 store.enroll("bob", vectors(1))
             other.execute("ROLLBACK")
-            assert store.enroll("bob", vectors(1)) == 1
+            assert store.enroll("bob", vectors(1)).total == 1
             assert [s["count"] for s in store.speakers()] == [3, 1]
         # An exclusive-mode connection keeps even readers out, so the store cannot be opened at all.
         other.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -254,7 +254,7 @@ store._db.set_trace_callback(trace)
 for i in range(1000):
     state["enrollment"] = i
     rows = np.full(({ROWS}, {DIM}), i, np.float32) + np.arange({ROWS}, dtype=np.float32)[:, None]
-    total = store.enroll(f"spk{{i % 3}}", rows)
+    total = store.enroll(f"spk{{i % 3}}", rows).total
     print("committed", i, total, flush=True)
 """
 )
@@ -284,7 +284,7 @@ def test_sigkill_mid_enrollment_keeps_every_commit_and_no_partial(tmp_path):
         for name in counts:
             expected = [np.full((ROWS, DIM), i, np.float32) + ramp for i, _ in committed if f"spk{i % 3}" == name]
             np.testing.assert_array_equal(store.embeddings(name), np.concatenate(expected))
-        assert store.enroll("spk1", np.ones((1, DIM))) == counts["spk1"] + 1
+        assert store.enroll("spk1", np.ones((1, DIM))).total == counts["spk1"] + 1
 
 
 RACING_CHILD = (

@@ -60,6 +60,8 @@ class Resemblyzer:
 class Lightsv:
     def __init__(self, path):
         self.verifier = lightsv.Verifier.load(path)
+        # Cost per second of audio: the whole clip goes through, not the speech the detector keeps.
+        self.whole = lightsv.Verifier.load(path, vad=False)
         self.name = f"lightsv {Path(path).name}"
         self.params = sum(p.numel() for p in self.verifier.model.parameters())
 
@@ -67,7 +69,7 @@ class Lightsv:
         return self.verifier.embed_many(paths, progress=False)
 
     def embed_raw(self, wav):
-        return self.verifier.embed(wav, sample_rate=16000)
+        return self.whole.embed(wav, sample_rate=16000)
 
 
 class LightsvOnnx:

@@ -109,8 +109,9 @@ def write(rows: list[dict], args, seconds: float) -> None:
         f"Written by `{meta['command']}` on {meta['date']} ({meta['machine']}; {meta['wall_seconds']} s).",
         f"Model: `{meta['model']}`. Detector: `lightsv.speech` with its defaults. EER % with bootstrap 95 % "
         "intervals; minDCF at p_target 0.01. 'whole' embeds each clip as it is (`vad=False`), 'trimmed' "
-        "its speech with 0.15 s margins (the default). Clips the detector refuses are embedded whole in "
-        "both columns and counted.",
+        f"its speech with {meta['speech_config']['margin_s']:g} s margins, pauses over "
+        f"{meta['speech_config']['bridge_gap_s']:g} s shortened (the default; settings in the JSON). Clips the "
+        "detector refuses are embedded whole in both columns and counted.",
         "",
         "| trials | clips | mean s (speech s) | EER whole | EER trimmed | minDCF whole | minDCF trimmed | refused |",
         "|---|---|---|---|---|---|---|---|",

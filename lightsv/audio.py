@@ -39,6 +39,7 @@ _MAGIC = (
     b"caff",
     b"NIST",
 )
+_CORRUPT = "corrupt or truncated audio header"
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 
@@ -54,7 +55,10 @@ def info(path: str | os.PathLike) -> sf._SoundFileInfo:
     try:
         return sf.info(os.fspath(path))
     except Exception as exc:
-        raise AudioError(f"{name}: {_open_problem(path)} ({_short(exc)})") from exc
+        problem = _open_problem(path)
+        # libsndfile's own words add something only for a file that looks like audio.
+        detail = f" ({_short(exc)})" if problem == _CORRUPT else ""
+        raise AudioError(f"{name}: {problem}{detail}") from exc
 
 
 def load(
@@ -200,7 +204,7 @@ def _open_problem(path) -> str:
     except OSError as exc:
         return f"cannot read file: {exc.strerror}"
     if head.startswith(_MAGIC):
-        return "corrupt or truncated audio header"
+        return _CORRUPT
     return "not an audio file (format not recognised)"
 
 

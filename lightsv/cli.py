@@ -31,7 +31,13 @@ def _models():
 
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: all registered)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="registered model names or checkpoint files (.pt; profiled as they are, without --subsets variants); "
+        "default: every registered model",
+    )
     parser.add_argument(
         "--subsets",
         nargs="*",
@@ -54,14 +60,26 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {args.seconds}")
+    from pathlib import Path
+
+    from lightsv.profile import profile_checkpoint
+
     known = _models().MODELS
     names = args.models or list(known)
-    unknown = [n for n in names if n not in known]
+    checkpoints = {n for n in names if n not in known and (Path(n).exists() or n.endswith(".pt"))}
+    unknown = [n for n in names if n not in known and n not in checkpoints]
     if unknown:
-        raise ConfigError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(sorted(known))} "
+            "(or give a checkpoint file)"
+        )
     variants = [{"subsets": k, "share": args.share, "fusion": args.fusion} for k in args.subsets]
+    options = dict(seconds=args.seconds, batch=args.batch, threads=args.threads, repeats=args.repeats)
     rows = []
     for name in names:
+        if name in checkpoints:
+            rows.append(profile_checkpoint(name, **options))
+            continue
         rows += profile_variants(
             name,
             variants,

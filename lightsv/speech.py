@@ -9,8 +9,9 @@ A frame (25 ms, 10 ms hop) is speech when its energy is above both the clip's no
 energies, so it adapts to each recording. Short gaps inside speech are bridged (``bridge_gap_s``) and
 isolated blips dropped (``min_span_s``). Frames below the absolute floor (digital silence) do not
 count towards the noise floor, so zero padding does not change what is found. A clip whose loud and
-quiet frames differ by less than ``floor_margin_db`` is steady noise or silence, not speech: speech
-always swings between syllables and pauses.
+quiet frames differ by less than ``steady_db`` is steady noise or silence, not speech: speech always
+swings between syllables and pauses. Between that and ``confident_db`` (a noisy recording) the
+speech/noise split is unreliable, and the clip is taken whole rather than cut by a guess.
 
 Energy detection is what resemblyzer-style pipelines do with webrtcvad's simplest mode, costs about
 a millisecond per second of audio, ships no model and needs no download. It does not tell speech from
@@ -36,10 +37,15 @@ class SpeechConfig:
     floor_margin_db: float = 12.0
     dynamic_range_db: float = 40.0
     absolute_floor_db: float = -65.0
-    bridge_gap_s: float = 0.3
+    #: a clip whose frames span less than this (above digital silence) is steady noise: no speech
+    steady_db: float = 6.0
+    #: below this span the speech/noise split is a guess (noisy recording): the clip is kept whole
+    confident_db: float = 20.0
+    #: pauses up to this long stay: only long non-speech is dropped
+    bridge_gap_s: float = 1.0
     min_span_s: float = 0.05
     #: kept around each speech span, so onsets and fading ends are not clipped
-    margin_s: float = 0.15
+    margin_s: float = 0.5
 
 
 def frame_energies_db(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> np.ndarray:
@@ -60,8 +66,10 @@ def speech_spans(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> list
     if audible.size == 0:
         return []
     floor, peak = float(np.percentile(audible, config.floor_percentile)), float(audible.max())
-    if peak - floor < config.floor_margin_db:
+    if peak - floor < config.steady_db:
         return []
+    if peak - floor < config.confident_db:
+        return [(0, len(wav))]
     threshold = max(floor + config.floor_margin_db, peak - config.dynamic_range_db, config.absolute_floor_db)
     active = energy > threshold
     hop, frame = int(config.hop_s * SAMPLE_RATE), int(config.frame_s * SAMPLE_RATE)

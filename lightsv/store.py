@@ -147,9 +147,9 @@ class EnrollmentStore:
         if not head:
             wal = Path(f"{self.path}-wal")
             if not creating:
+                # Said for the command line too: enrolling (with a model) is what initialises it.
                 raise StoreError(
-                    f"{self.path}: empty file, not an enrollment database "
-                    "(open it with model_id and dim to initialise it)"
+                    f"{self.path}: empty file, not an enrollment database yet (enroll a speaker to create one)"
                 )
             # SQLite would delete a WAL beside an empty database; whatever that WAL holds is not ours to drop.
             if not os.access(self.path, os.W_OK) or (wal.exists() and wal.stat().st_size):

@@ -31,9 +31,9 @@ import numpy as np
 from lightsv.store import EnrollmentStore
 
 #: Speakers from which search goes through the approximate index (measured: benchmarks/results/scale.md).
-ANN_MIN = 50_000
+ANN_MIN = 10_000
 #: Candidates the approximate index proposes for exact re-scoring.
-CANDIDATES = 128
+CANDIDATES = 256
 #: Rebuild the approximate index when this fraction of its entries is out of date.
 STALE_FRACTION = 0.2
 #: Sub-quantisers of the PQ code: 4 bits each, so dim / PQ_DIMS_PER_CODE x 4 bits per speaker.

@@ -158,7 +158,8 @@ def _check_truncation(path, meta: sf._SoundFileInfo, name: str) -> None:
     (an interrupted copy or download) would otherwise be used as if it were whole.
     """
     declared = _wav_declared_frames(path)
-    if declared is not None and declared > meta.frames:
+    # With nothing at all after the header, "contains no samples" says it more plainly.
+    if declared is not None and declared > meta.frames > 0:
         _truncated(name, declared, meta.frames, meta.samplerate)
 
 

@@ -536,9 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        sys.stdout.flush()
     except SystemExit as exit_:
         # argparse has already printed usage or help; hand back its code instead of exiting.
         return exit_.code if isinstance(exit_.code, int) else 2
+    except BrokenPipeError:  # help or version into a closed pipe
+        return _closed_pipe()
     try:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows up here for output still in the buffer

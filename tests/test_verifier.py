@@ -7,8 +7,9 @@ import torch
 import lightsv
 import lightsv.verifier
 from lightsv.audio import load
-from lightsv.errors import AudioError, ConfigError, StoreError, ThresholdError
-from lightsv.verifier import Identification, Verification, Verifier, example_clips
+from lightsv.calibrate import calibration, write_calibration
+from lightsv.errors import AudioError, CheckpointError, ConfigError, StoreError, ThresholdError, UnknownSpeakerError
+from lightsv.verifier import Identification, Verification, Verifier, example_clips, model_id
 
 TINY = dict(channels=32, embed_dim=32, se_channels=16, attention_channels=16, mfa_channels=96)
 
@@ -130,3 +131,135 @@ def test_speech_is_trimmed_and_silence_refused(ckpt, clips):
         # Trimmed, 0.5 s or 2 s of silence around the speech make no difference; whole, they do.
         assert float(v.embed(short, sample_rate=16000) @ v.embed(long, sample_rate=16000)) > 0.9999
         assert float(whole.embed(short, sample_rate=16000) @ whole.embed(long, sample_rate=16000)) < 0.999
+
+
+def test_given_threshold_decides(ckpt, clips):
+    with Verifier.load(ckpt, threshold=0.5) as v:
+        v.enroll("bob", clips["ls26"][:2])
+        r = v.verify("bob", clips["ls26"][2])
+        assert r.threshold == 0.5 and r.accept == (r.score >= 0.5)
+
+
+def test_asnorm_changes_scores_symmetrically_and_can_be_turned_off(v, clips):
+    a, b = clips["ls19"][0], clips["ls26"][0]
+    raw = v.compare(a, b)
+    cohort = np.random.default_rng(0).standard_normal((40, v.dim)).astype(np.float32)
+    v.set_cohort(cohort, top_n=10)
+    assert v.score_norm == "asnorm" and v.cohort_size == 40
+    normed = v.compare(a, b)
+    assert normed != pytest.approx(raw, abs=1e-3)
+    assert normed == pytest.approx(v.compare(b, a), abs=1e-6)
+    ea, eb = v.embed(a), v.embed(b)
+    unit = cohort / np.linalg.norm(cohort, axis=1, keepdims=True)
+    top = [np.sort(unit @ e)[-10:] for e in (ea, eb)]
+    expected = 0.5 * sum((float(ea @ eb) - t.mean()) / t.std() for t in top)
+    assert normed == pytest.approx(expected, rel=1e-4)
+    v.set_cohort(None)
+    assert v.compare(a, b) == pytest.approx(raw, abs=1e-6)
+    with pytest.raises(ConfigError, match="at least 2"):
+        v.set_cohort(cohort[:1])
+
+
+def test_unknown_speaker_names_the_enrolled_ones(ckpt, clips):
+    with Verifier.load(ckpt, threshold=0.5) as v:
+        v.enroll("carol", clips["ls27"][:1])
+        with pytest.raises(UnknownSpeakerError, match=r"'dave' is not enrolled.*'carol'"):
+            v.verify("dave", clips["ls27"][2])
+        with pytest.raises(UnknownSpeakerError):
+            v.delete("dave")
+
+
+def test_bad_audio_names_the_file_and_enrolls_nothing(v, tmp_path, clips):
+    junk = tmp_path / "junk.wav"
+    junk.write_text("not audio at all")
+    with pytest.raises(AudioError, match="junk.wav"):
+        v.enroll("erin", [clips["ls19"][0], junk])
+    assert v.speakers() == []
+    with pytest.raises(AudioError, match="shorter than the minimum of 0.5"):
+        v.embed(np.zeros(3200, dtype=np.float32), sample_rate=16000)
+    with pytest.raises(AudioError, match="no such file"):
+        v.compare(clips["ls19"][0], tmp_path / "missing.flac")
+
+
+def test_store_persists_across_verifiers_and_refuses_another_model(ckpt, tmp_path, clips):
+    db = tmp_path / "speakers.db"
+    with Verifier.load(ckpt, db=db, threshold=0.5) as v:
+        v.enroll("frank", clips["ls26"][:2])
+        score = v.verify("frank", clips["ls26"][2]).score
+    with Verifier.load(ckpt, db=db, threshold=0.5) as v:
+        assert [s["name"] for s in v.speakers()] == ["frank"]
+        assert v.verify("frank", clips["ls26"][2]).score == pytest.approx(score, abs=1e-6)
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(StoreError, match="cannot be mixed"):
+        Verifier.load(other, db=db)
+
+
+def test_calibration_is_written_into_the_checkpoint_and_read_as_threshold(ckpt, tmp_path, clips):
+    path = tiny_checkpoint(tmp_path / "cal.pt", note="kept")
+    db = tmp_path / "s.db"
+    with Verifier.load(path, db=db) as v:
+        v.enroll("gina", clips["ls19"][:2])
+        before = v.model_id
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.7, 0.1, 200), rng.normal(0.2, 0.1, 800)])
+    labels = np.r_[np.ones(200), np.zeros(800)]
+    cal = calibration(scores, labels, fars=(0.01, 0.05), trials="synthetic")
+    assert set(cal) >= {"eer_threshold", "far_thresholds", "eer", "n_target", "n_nontarget", "trials", "score_norm"}
+    assert np.mean(scores[labels == 0] >= cal["far_thresholds"]["0.01"]) <= 0.01
+    write_calibration(path, cal)
+    _, extra = lightsv.load_model(path, return_extra=True)
+    assert extra["note"] == "kept" and extra["calibration"]["trials"] == "synthetic"
+    # Same weights, same id: stores made before the calibration still open.
+    with Verifier.load(path, db=db) as v:
+        assert v.model_id == before and v.threshold == pytest.approx(cal["eer_threshold"])
+        r = v.verify("gina", clips["ls19"][2])
+        assert r.accept == (r.score >= r.threshold)
+        v.set_cohort(np.eye(v.dim, dtype=np.float32))
+        assert v.threshold is None  # a raw-cosine calibration does not apply to AS-norm scores
+        with pytest.raises(ThresholdError, match="'asnorm' but .* calibrated for 'none'.*set_cohort\\(None\\)"):
+            v.verify("gina", clips["ls19"][2])
+    with Verifier.load(path, operating_point="far=0.05") as v:
+        assert v.threshold == pytest.approx(cal["far_thresholds"]["0.05"])
+    with pytest.raises(CheckpointError, match="no threshold at far=0.1"):
+        Verifier.load(path, operating_point="far=0.1")
+    with pytest.raises(ConfigError, match="operating point"):
+        Verifier.load(path, operating_point="best")
+    with pytest.raises(CheckpointError, match="no calibration"):
+        Verifier.load(ckpt, operating_point="eer")
+
+
+def test_asnorm_calibration_applies_only_with_a_cohort(tmp_path):
+    path = tiny_checkpoint(
+        tmp_path / "as.pt", calibration={"eer_threshold": 2.5, "far_thresholds": {}, "score_norm": "asnorm"}
+    )
+    with Verifier.load(path) as v:
+        assert v.threshold is None
+        v.set_cohort(np.eye(v.dim, dtype=np.float32))
+        assert v.threshold == 2.5
+
+
+def test_filterbank_comes_from_the_training_config(tmp_path):
+    path = tiny_checkpoint(tmp_path / "f.pt", training_config={"features": {"frame_shift_ms": 20.0}})
+    with Verifier.load(path) as v:
+        assert v.fbank.config.frame_shift_ms == 20.0
+    bad = tiny_checkpoint(tmp_path / "g.pt", features={"n_mels": 40})
+    with pytest.raises(CheckpointError, match="40"):
+        Verifier.load(bad)
+
+
+def test_default_model_missing_or_present(monkeypatch, tmp_path, ckpt):
+    monkeypatch.setattr(lightsv.verifier, "DEFAULT_MODEL", tmp_path / "default.pt")
+    with pytest.raises(CheckpointError, match="default model .* is missing"):
+        Verifier.load()
+    monkeypatch.setattr(lightsv.verifier, "DEFAULT_MODEL", ckpt)
+    with Verifier.load() as v:
+        assert v.model_id == model_id(lightsv.load_model(ckpt)) and v.model_id.startswith("sha256:")
+
+
+def test_calibration_refuses_rates_the_trials_cannot_resolve_and_warns_on_few():
+    scores, labels = np.r_[np.linspace(0.5, 1, 10), np.linspace(0, 0.6, 20)], np.r_[np.ones(10), np.zeros(20)]
+    with pytest.raises(ConfigError, match=r"20 non-target trials cannot resolve .*0\.01, 0\.001 .*at least 100"):
+        calibration(scores, labels)
+    with pytest.warns(UserWarning, match="far=0.1 rests on 2.0 expected false accepts"):
+        cal = calibration(scores, labels, fars=(0.1,))
+    assert set(cal["far_thresholds"]) == {"0.1"}

@@ -352,9 +352,10 @@ def _embed_all(v, root, files: list[str], batch_size: int) -> tuple[dict, dict[s
     redone clip by clip, so one bad file costs one batch, not the list."""
     from lightsv.errors import AudioError
 
-    emb, bad = {}, {}
+    emb: dict[str, object] = {}
+    bad: dict[str, str] = {}
     step = batch_size * 8
-    for start in _progress(range(0, len(files), step), desc="embedding"):
+    for start in _progress(list(range(0, len(files), step)), desc="embedding"):
         chunk = files[start : start + step]
         try:
             emb.update(zip(chunk, v.embed_many([root / f for f in chunk], batch_size=batch_size), strict=True))

@@ -8,10 +8,12 @@ that size faster than any index. From ``ann_min`` speakers on (and when faiss is
 ``pip install lightsv[ann]``) candidates come from a faiss product-quantisation index scanned with
 SIMD ("fast scan", 4-bit codes, 32 bytes per speaker), and the ``candidates`` best of them are
 re-scored exactly against the means, so the scores returned are exact cosines and only the recall
-is approximate. Why this index and not a graph (HNSW): on random 256-dim unit vectors, the worst
-case for any index, faiss's HNSW found the planted nearest neighbour for only 53 % of queries at
-efSearch 64 and took a minute to build 100k speakers, where PQ fast scan with re-scoring found it
-for all of them in under a millisecond (``benchmarks/scale.py``).
+is approximate. Why this index and not a graph (HNSW) or inverted lists (IVF): on random 256-dim
+unit vectors, the worst case for any index, at 100k speakers faiss's HNSW (M=32) found the exact best
+for 89 % of queries at efSearch 256 (3.1 ms) and needed efSearch 1024 (23 ms) for 99.5 %, IVF-PQ
+found it for 63 % at nprobe 64, and PQ fast scan with re-scoring for all of them in 1.3 ms
+(``benchmarks/results/scale.md``). Its cost is a scan of every code, linear in the speakers: 29 ms
+at 1M on the shared benchmark machine.
 
 The index follows the store: every enrollment and deletion is logged in the store's ``changes``
 table, and before each search the index replays the changes since the generation it was built at
@@ -25,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +70,7 @@ class SpeakerIndex:
         self.names: list[str] = []
         self._rows = np.zeros((0, store.dim), dtype=np.float32)  # capacity grows by doubling
         self.row_of: dict[int, int] = {}
-        self._ann = None
+        self._ann: Any = None  # a faiss index; faiss is optional, so untyped here
         self._ann_ids = np.zeros(0, dtype=np.int64)  # faiss label -> speaker id, -1 once out of date
         self._stale = 0
 

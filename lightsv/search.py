@@ -212,7 +212,7 @@ class SpeakerIndex:
             model_id=np.array(self.store.model_id),
             store_created=np.array(self.store.created),
         )
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # writers in two processes do not collide
         try:
             tmp.write_bytes(buffer.getvalue())
             os.replace(tmp, self.path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -174,7 +175,7 @@ def _wav_declared_frames(path) -> int | None:
             head = f.read(12)
             if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
                 return None
-            order = "little" if head[:4] == b"RIFF" else "big"
+            order: Literal["little", "big"] = "little" if head[:4] == b"RIFF" else "big"
             block_align = None
             while True:
                 chunk = f.read(8)

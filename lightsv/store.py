@@ -92,7 +92,8 @@ class EnrollmentStore:
     def __init__(
         self, path: str | os.PathLike, model_id: str | None = None, dim: int | None = None, *, timeout: float = 30.0
     ):
-        self.path, self.timeout, self._db = Path(path), float(timeout), None
+        self.path, self.timeout = Path(path), float(timeout)
+        self._db: sqlite3.Connection | None = None
         self._enroll_ok = model_id is not None
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not an enrollment database")
@@ -109,7 +110,8 @@ class EnrollmentStore:
             raise StoreError(f"{self.path}: cannot open: {err}") from None
         try:
             with self._errors():
-                if new:
+                if new:  # only when creating, so both are given
+                    assert model_id is not None and dim is not None
                     self._create(model_id, int(dim))
                 meta = self._read_meta()
                 self.model_id, self.dim, self.created = meta["model_id"], int(meta["dim"]), meta["created"]
@@ -121,13 +123,13 @@ class EnrollmentStore:
                 if dim is not None and int(dim) != self.dim:
                     raise StoreError(f"{self.path}: holds {self.dim}-dim embeddings, not {dim}")
                 # Only now that the file is known to be ours may anything be written to it.
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA journal_mode=WAL")
                 # FULL, not NORMAL: in WAL mode NORMAL survives a killed process but can drop the last
                 # commits on power loss, and an enrollment is rare and reported to the user as saved.
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("PRAGMA foreign_keys=ON")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
                 # Reads every page; catches corruption before an enrollment is written on top of it.
-                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
                 if problems != ["ok"]:
                     raise StoreError(f"{self.path}: database is corrupt ({'; '.join(problems)[:300]})")
                 if meta["schema_version"] == "1":
@@ -135,6 +137,12 @@ class EnrollmentStore:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: enrollment store is closed")
+        return self._db
 
     def _check_file(self, creating: bool) -> bool:
         """Whether the file must be initialised; refuses files that are not ours before SQLite touches them."""
@@ -164,11 +172,11 @@ class EnrollmentStore:
             raise StoreError(f"{self.path}: a new store needs a non-empty model_id and a positive dim")
         with self._transaction():
             # Another process may have created the file since we looked; its tables then win.
-            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            if self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 return
             for statement in _statements(SCHEMA_V1) + _statements(ADDED_IN_V2):
-                self._db.execute(statement)
-            self._db.executemany(
+                self._conn.execute(statement)
+            self._conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [
                     ("format", FORMAT),
@@ -180,11 +188,11 @@ class EnrollmentStore:
             )
 
     def _read_meta(self) -> dict:
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         meta = {}
         if {"meta", "speakers", "embeddings"} <= tables:
             try:
-                meta = dict(self._db.execute("SELECT key, value FROM meta"))
+                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
             except sqlite3.OperationalError:  # someone else's table called meta
                 pass
         if meta.get("format") != FORMAT:
@@ -203,23 +211,23 @@ class EnrollmentStore:
         if not os.access(self.path, os.W_OK):
             raise StoreError(f"{self.path}: enrollment schema version 1 must be upgraded, but the file is read-only")
         with self._transaction():
-            if self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] != "1":
+            if self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] != "1":
                 return  # another process migrated it while we waited for the lock
             for statement in _statements(ADDED_IN_V2):
-                self._db.execute(statement)
-            for (speaker,) in self._db.execute("SELECT id FROM speakers").fetchall():
+                self._conn.execute(statement)
+            for (speaker,) in self._conn.execute("SELECT id FROM speakers").fetchall():
                 self._update_mean(speaker)
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _update_mean(self, speaker: int) -> None:
         """Recompute the speaker's kept mean and log the change; inside the caller's transaction."""
-        rows = self._db.execute("SELECT vector FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchall()
+        rows = self._conn.execute("SELECT vector FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchall()
         vectors = np.frombuffer(b"".join(blob for (blob,) in rows), dtype="<f4").reshape(len(rows), self.dim)
-        self._db.execute(
+        self._conn.execute(
             "INSERT OR REPLACE INTO means (speaker_id, vector) VALUES (?, ?)",
             (speaker, _unit_mean(vectors).tobytes()),
         )
-        self._db.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
+        self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
 
     @contextmanager
     def _errors(self):
@@ -244,18 +252,18 @@ class EnrollmentStore:
     def _transaction(self):
         # IMMEDIATE takes the write lock up front: a deferred transaction that later needs it fails at
         # once in WAL mode instead of waiting out the busy timeout.
-        self._db.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._db.execute("COMMIT")
+            self._conn.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
 
     def _speaker_id(self, name) -> int:
         _check_name(name)
-        row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+        row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownSpeakerError(f"{self.path}: speaker {name!r} is not enrolled")
         return row[0]
@@ -274,11 +282,9 @@ class EnrollmentStore:
         hashes = self._per_row(hashes, len(vectors), "hashes")
         with self._errors(), self._transaction():
             now = _now()
-            row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                speaker = self._db.execute(
-                    "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
-                ).lastrowid
+                speaker = self._new_speaker(name, now)
                 seen: set[str] = set()
             else:
                 speaker = row[0]
@@ -286,7 +292,7 @@ class EnrollmentStore:
                 seen = {
                     h
                     for start in range(0, len(wanted), 500)  # SQLite caps the number of bound parameters
-                    for (h,) in self._db.execute(
+                    for (h,) in self._conn.execute(
                         "SELECT sample_hash FROM embeddings WHERE speaker_id = ? AND sample_hash IN "
                         f"({','.join('?' * len(wanted[start : start + 500]))})",
                         (speaker, *wanted[start : start + 500]),
@@ -301,17 +307,17 @@ class EnrollmentStore:
                     if h is not None:
                         seen.add(h)
             if not keep:  # only for a known speaker: a new one has no hashes to repeat
-                total = self._db.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,))
+                total = self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,))
                 return Enrollment(name, 0, skipped, total.fetchone()[0])
             if row is not None:
-                self._db.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
-            self._db.executemany(
+                self._conn.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
+            self._conn.executemany(
                 "INSERT INTO embeddings (speaker_id, vector, dim, created, source, sample_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 ((speaker, vectors[i].tobytes(), self.dim, now, sources[i], hashes[i]) for i in keep),
             )
             self._update_mean(speaker)
-            total = self._db.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
+            total = self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
             return Enrollment(name, len(keep), skipped, total)
 
     def enroll_many(self, speakers) -> int:
@@ -328,27 +334,30 @@ class EnrollmentStore:
             for name, embeddings in speakers:
                 _check_name(name)
                 vectors = self._check_embeddings(embeddings)
-                row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+                row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
                 if row is None:
-                    speaker = self._db.execute(
-                        "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
-                    ).lastrowid
+                    speaker = self._new_speaker(name, now)
                 else:
                     speaker = row[0]
-                    self._db.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
-                self._db.executemany(
+                    self._conn.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
+                self._conn.executemany(
                     "INSERT INTO embeddings (speaker_id, vector, dim, created) VALUES (?, ?, ?, ?)",
                     ((speaker, v.tobytes(), self.dim, now) for v in vectors),
                 )
                 if row is None:  # a new speaker's mean is its own rows' mean: no need to read them back
-                    self._db.execute(
+                    self._conn.execute(
                         "INSERT INTO means (speaker_id, vector) VALUES (?, ?)", (speaker, _unit_mean(vectors).tobytes())
                     )
-                    self._db.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
+                    self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
                 else:
                     self._update_mean(speaker)
                 count += 1
         return count
+
+    def _new_speaker(self, name: str, now: str) -> int:
+        cursor = self._conn.execute("INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now))
+        assert cursor.lastrowid is not None  # set by every INSERT
+        return cursor.lastrowid
 
     @staticmethod
     def _per_row(values, n: int, what: str) -> list:
@@ -379,7 +388,7 @@ class EnrollmentStore:
         """The speaker's embeddings [N, D] float32, in enrollment order."""
         with self._errors():
             speaker = self._speaker_id(name)
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT vector, dim FROM embeddings WHERE speaker_id = ? ORDER BY id", (speaker,)
             ).fetchall()
         if any(dim != self.dim or len(blob) != 4 * self.dim for blob, dim in rows):
@@ -396,7 +405,7 @@ class EnrollmentStore:
         """The speaker's unit-length mean embedding [D] float32, as kept by the last enrollment."""
         with self._errors():
             speaker = self._speaker_id(name)
-            row = self._db.execute("SELECT vector FROM means WHERE speaker_id = ?", (speaker,)).fetchone()
+            row = self._conn.execute("SELECT vector FROM means WHERE speaker_id = ?", (speaker,)).fetchone()
         if row is None or len(row[0]) != 4 * self.dim:
             raise StoreError(f"{self.path}: database is corrupt (no {self.dim}-dim mean for {name!r})")
         return np.frombuffer(row[0], dtype="<f4").astype(np.float32)
@@ -404,11 +413,11 @@ class EnrollmentStore:
     def means(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every speaker's (ids [N] int64, names, unit-length means [N, D] float32), in id order."""
         with self._errors():
-            count = self._db.execute("SELECT count(*) FROM means").fetchone()[0]
+            count = self._conn.execute("SELECT count(*) FROM means").fetchone()[0]
             ids = np.zeros(count, dtype=np.int64)
             matrix = np.zeros((count, self.dim), dtype=np.float32)
             names = []
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT s.id, s.name, m.vector FROM means m JOIN speakers s ON s.id = m.speaker_id ORDER BY s.id"
             )
             for i, (speaker, name, blob) in enumerate(rows):
@@ -421,13 +430,13 @@ class EnrollmentStore:
     def generation(self) -> int:
         """The number of the last change (enrollment or deletion); grows with every one."""
         with self._errors():
-            return self._db.execute("SELECT coalesce(max(generation), 0) FROM changes").fetchone()[0]
+            return self._conn.execute("SELECT coalesce(max(generation), 0) FROM changes").fetchone()[0]
 
     def changes_since(self, generation: int) -> tuple[int, list[tuple[int, str | None, np.ndarray | None]]]:
         """(current generation, [(speaker id, name, mean) ...]) for speakers changed after `generation`;
         name and mean are None for a speaker deleted since."""
         with self._errors():
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT c.speaker_id, max(c.generation), s.name, m.vector FROM changes c "
                 "LEFT JOIN speakers s ON s.id = c.speaker_id LEFT JOIN means m ON m.speaker_id = c.speaker_id "
                 "WHERE c.generation > ? GROUP BY c.speaker_id",
@@ -443,7 +452,7 @@ class EnrollmentStore:
         """One dict per speaker (name, count, created, updated; ISO-8601 UTC), sorted by name; with
         `sources`, also the list of where each enrolled clip came from (None where not recorded)."""
         with self._errors():
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT s.id, s.name, count(e.id), s.created, s.updated FROM speakers s "
                 "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name"
             ).fetchall()
@@ -455,7 +464,7 @@ class EnrollmentStore:
                 for (speaker, *_), entry in zip(rows, listed, strict=True):
                     entry["sources"] = [
                         source
-                        for (source,) in self._db.execute(
+                        for (source,) in self._conn.execute(
                             "SELECT source FROM embeddings WHERE speaker_id = ? ORDER BY id", (speaker,)
                         )
                     ]
@@ -465,21 +474,21 @@ class EnrollmentStore:
         """Remove the speaker and all their embeddings; returns the number of embeddings removed."""
         with self._errors(), self._transaction():
             speaker = self._speaker_id(name)
-            removed = self._db.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
-            self._db.execute("DELETE FROM means WHERE speaker_id = ?", (speaker,))
-            self._db.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
-            self._db.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
+            removed = self._conn.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
+            self._conn.execute("DELETE FROM means WHERE speaker_id = ?", (speaker,))
+            self._conn.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
+            self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
             return removed
 
     def __contains__(self, name) -> bool:
         if not isinstance(name, str):
             return False
         with self._errors():
-            return self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (name,)).fetchone() is not None
+            return self._conn.execute("SELECT 1 FROM speakers WHERE name = ?", (name,)).fetchone() is not None
 
     def __len__(self) -> int:
         with self._errors():
-            return self._db.execute("SELECT count(*) FROM speakers").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM speakers").fetchone()[0]
 
     def close(self) -> None:
         if self._db is not None:

@@ -58,6 +58,10 @@ EXAMPLES = ASSETS / "examples"
 #: Shortest clip accepted when the checkpoint does not name its own minimum (``extra["min_seconds"]``):
 #: below about half a second an embedding says more about the phonemes than the speaker.
 MIN_SECONDS = 0.5
+#: Shorter clips are repeated up to this length before embedding, as in training's joined crops:
+#: statistics pooling over a handful of frames is noisy, and a model trained on crops of 0.5 s and
+#: more has never seen fewer frames. A checkpoint may accept shorter clips (``min_seconds``).
+REPEAT_SECONDS = 0.5
 #: Cohort scores kept per side by AS-norm (the adaptive part: only the most similar impostors count).
 TOP_N = 200
 
@@ -397,6 +401,8 @@ def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.nd
     """Unit-length embeddings [N, D] of waveforms, run as one zero-padded batch (exact: models pool
     over valid frames only)."""
     device = next(model.parameters()).device
+    shortest = int(REPEAT_SECONDS * SAMPLE_RATE)
+    wavs = [np.resize(w, shortest) if len(w) < shortest else w for w in wavs]  # np.resize repeats
     lengths = torch.tensor([len(w) for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
     for row, wav in zip(batch, wavs, strict=True):
@@ -417,7 +423,9 @@ def model_id(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     head = {
         "model": getattr(model, "model_name", type(model).__name__),
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "config": dataclasses.asdict(config)
+        if dataclasses.is_dataclass(config) and not isinstance(config, type)
+        else None,
         "tuners": list(getattr(model, "tuners", [])),
     }
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())

@@ -133,11 +133,30 @@ def test_speech_is_trimmed_and_silence_refused(ckpt, clips):
         assert float(whole.embed(short, sample_rate=16000) @ whole.embed(long, sample_rate=16000)) < 0.999
 
 
-def test_given_threshold_decides(ckpt, clips):
-    with Verifier.load(ckpt, threshold=0.5) as v:
+def test_short_clips_are_repeated_to_half_a_second_down_to_the_minimum(tmp_path, clips):
+    path = tiny_checkpoint(tmp_path / "short.pt", min_seconds=0.25)
+    wav = load(clips["ls19"][0])[16000:20000]  # 0.25 s of speech
+    with Verifier.load(path) as v:
+        repeated = v.embed(np.concatenate([wav, wav]), sample_rate=16000)
+        np.testing.assert_allclose(v.embed(wav, sample_rate=16000), repeated, atol=1e-6)
+        with pytest.raises(AudioError, match="shorter than the minimum of 0.25 s"):
+            v.embed(wav[:3900], sample_rate=16000)
+    with Verifier.load(tiny_checkpoint(tmp_path / "plain.pt")) as v:  # no min_seconds: the default 0.5 s
+        with pytest.raises(AudioError, match="shorter than the minimum of 0.5 s"):
+            v.embed(wav, sample_rate=16000)
+
+
+def test_given_threshold_decides_and_the_boundary_accepts(ckpt, clips):
+    # calibrated thresholds are real trial scores: a trial scoring exactly the threshold is accepted
+    with Verifier.load(ckpt, threshold=0.0) as v:
         v.enroll("bob", clips["ls26"][:2])
-        r = v.verify("bob", clips["ls26"][2])
-        assert r.threshold == 0.5 and r.accept == (r.score >= 0.5)
+        score = v.verify("bob", clips["ls26"][2]).score
+    above, below = float(np.nextafter(score, np.inf)), float(np.nextafter(score, -np.inf))
+    for threshold, accept in [(score, True), (below, True), (above, False), (-1.0, True), (1.5, False)]:
+        with Verifier.load(ckpt, threshold=threshold) as v:
+            v.enroll("bob", clips["ls26"][:2])
+            r = v.verify("bob", clips["ls26"][2])
+            assert (r.score, r.threshold, r.accept) == (score, threshold, accept)
 
 
 def test_asnorm_changes_scores_symmetrically_and_can_be_turned_off(v, clips):
@@ -213,7 +232,7 @@ def test_calibration_is_written_into_the_checkpoint_and_read_as_threshold(ckpt, 
     with Verifier.load(path, db=db) as v:
         assert v.model_id == before and v.threshold == pytest.approx(cal["eer_threshold"])
         r = v.verify("gina", clips["ls19"][2])
-        assert r.accept == (r.score >= r.threshold)
+        assert r.threshold == cal["eer_threshold"] and r.accept is (r.score >= cal["eer_threshold"])
         v.set_cohort(np.eye(v.dim, dtype=np.float32))
         assert v.threshold is None  # a raw-cosine calibration does not apply to AS-norm scores
         with pytest.raises(ThresholdError, match="'asnorm' but .* calibrated for 'none'.*set_cohort\\(None\\)"):

@@ -10,8 +10,7 @@ allows. Then, after the embedding (which costs the same at any size):
 * identify: ``SpeakerIndex.search`` top-5, exact (matrix product) and through the faiss index, each
   median of 200 queries; the default switches at ``lightsv.search.ANN_MIN``;
 * recall@1 of the index against exact search, for queries planted near a random enrolled speaker
-  (cosine 0.5 to it: a typical genuine score; and 0.3: near the decision threshold, where the exact
-  best is often an impostor by a hair);
+  (cosine 0.5 to it, and 0.3, where the exact best is often an impostor by a hair);
 * single enrollments: 100 speakers of 3 embeddings each, one durable transaction (fsync) each;
 * database size on disk, and the memory of the search state (means + index).
 

@@ -399,3 +399,18 @@ def test_a_version_1_store_is_migrated_and_keeps_every_row(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
     db.close()
+
+
+def test_a_bad_speaker_in_a_bulk_enrollment_writes_nothing(store_path):
+    with EnrollmentStore(store_path, model_id=MODEL) as store:
+        before = store.generation
+        with pytest.raises(StoreError, match="speaker name"):
+            store.enroll_many([("bob", vectors(1)), (" bad", vectors(1))])
+        assert [s["name"] for s in store.speakers()] == ["alice"] and store.generation == before
+
+
+def test_an_empty_file_says_how_it_becomes_a_store(tmp_path):
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(StoreError, match="not an enrollment database yet .enroll a speaker to create one."):
+        EnrollmentStore(path)

@@ -290,8 +290,8 @@ class Verifier:
         test = self.embed(clip, sample_rate=sample_rate)
         found = self._index.search(test, top_k if self._cohort is None else max(top_k, 50))
         if self._cohort is not None:
-            means = dict(zip(self._index.names, self._index.matrix, strict=True))
-            found = sorted(((n, self.score(means[n], test)) for n, _ in found), key=lambda c: -c[1])
+            # The kept means of the few candidates, one indexed lookup each, whatever the store's size.
+            found = sorted(((n, self.score(self.store.mean(n), test)) for n, _ in found), key=lambda c: -c[1])
         found = found[:top_k]
         best, score = found[0]
         return Identification(best, score, threshold, bool(score >= threshold), found)

@@ -282,3 +282,15 @@ def test_calibration_refuses_rates_the_trials_cannot_resolve_and_warns_on_few():
     with pytest.warns(UserWarning, match="far=0.1 rests on 2.0 expected false accepts"):
         cal = calibration(scores, labels, fars=(0.1,))
     assert set(cal["far_thresholds"]) == {"0.1"}
+
+
+def test_identify_with_a_cohort_ranks_by_asnorm_scores(ckpt, clips):
+    with Verifier.load(ckpt, threshold=-100.0) as v:
+        for name, paths in clips.items():
+            v.enroll(name, paths[:2])
+        v.set_cohort(np.random.default_rng(0).standard_normal((30, v.dim)).astype(np.float32), top_n=10)
+        test = v.embed(clips["ls27"][2])
+        r = v.identify(clips["ls27"][2], top_k=3)
+        expected = sorted(((n, v.score(v.speaker_embedding(n), test)) for n in clips), key=lambda c: -c[1])
+        assert [n for n, _ in r.candidates] == [n for n, _ in expected]
+        assert [s for _, s in r.candidates] == pytest.approx([s for _, s in expected], rel=1e-4)

@@ -9,6 +9,7 @@ from lightsv.errors import (
     LightsvError,
     ScoresError,
     StoreError,
+    ThresholdError,
     UnknownSpeakerError,
 )
 from lightsv.models import MODELS, build_model
@@ -23,6 +24,7 @@ __all__ = [
     "LightsvError",
     "ScoresError",
     "StoreError",
+    "ThresholdError",
     "UnknownSpeakerError",
     "MODELS",
     "Verifier",

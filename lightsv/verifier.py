@@ -3,6 +3,7 @@
     v = lightsv.Verifier.load()                          # the shipped model; or a checkpoint path
     v.enroll("alice", ["a1.flac", "a2.flac"])            # appends; several clips make a better model
     r = v.verify("alice", "test.flac")                   # r.score, r.threshold, r.accept, r.speaker
+    r = v.identify("test.flac", top_k=5)                 # r.speaker (best or None), r.accept, r.candidates
 
 Scores. A speaker is represented by the mean of their L2-normalised enrollment embeddings, and a
 test clip scores the raw cosine between its embedding and that mean (renormalised): averaging
@@ -12,10 +13,15 @@ speaker; a clip is accepted when ``score >= threshold``.
 
 Thresholds come from the checkpoint's calibration (``extra["calibration"]``, written by
 :func:`lightsv.calibrate.write_calibration` from scored trials): the EER threshold by default, or
-the threshold at a target false-accept rate (``operating_point="far=0.01"``). A checkpoint without a
-calibration has no threshold: ``threshold`` and ``accept`` are then None unless ``threshold=`` is
-given. With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale,
-so only a calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then.
+the threshold at a target false-accept rate (``operating_point="far=0.01"``), or ``threshold=``.
+With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale, so only a
+calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then. A decision
+is never left undecided: where there is no threshold for the scores, ``verify`` and ``identify`` raise
+:class:`~lightsv.errors.ThresholdError` saying how to get one (``score`` and ``compare`` still score).
+
+Speech: clips are trimmed to their speech (:mod:`lightsv.speech`, energy-based) before embedding,
+and a clip without enough speech for the model raises AudioError ("no speech found"); ``vad=False``
+embeds clips whole.
 
 Enrollments live in an :class:`~lightsv.store.EnrollmentStore`: in memory by default, or a SQLite
 file (``db=``) that refuses embeddings from another model.
@@ -36,13 +42,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightsv import speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
 from lightsv.audio import load as load_audio
 from lightsv.checkpoint import load_model
-from lightsv.errors import CheckpointError, ConfigError, LightsvError, UnknownSpeakerError
+from lightsv.errors import CheckpointError, ConfigError, LightsvError, ThresholdError, UnknownSpeakerError
 from lightsv.features import Fbank, FbankConfig
-from lightsv.store import EnrollmentStore, InvalidEnrollmentError
+from lightsv.search import SpeakerIndex
+from lightsv.store import Enrollment, EnrollmentStore, InvalidEnrollmentError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default.pt"
@@ -60,15 +68,32 @@ TOP_N = 200
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of one verification; ``threshold`` and ``accept`` are None without a threshold."""
+    """The outcome of one verification: accepted when ``score >= threshold``."""
 
     speaker: str
     score: float
-    threshold: float | None
-    accept: bool | None
+    threshold: float
+    accept: bool
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The outcome of one identification: ``candidates`` [(name, score)] best first; ``speaker`` is
+    the best one, or None when nobody is enrolled; ``accept`` says whether it passes the threshold."""
+
+    speaker: str | None
+    score: float | None
+    threshold: float
+    accept: bool
+    candidates: list[tuple[str, float]]
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["candidates"] = [{"speaker": name, "score": score} for name, score in self.candidates]
+        return out
 
 
 class Verifier:
@@ -84,8 +109,10 @@ class Verifier:
         threshold: float | None = None,
         device: str = "cpu",
         source: str = "model",
+        vad: bool = True,
     ):
         extra = extra or {}
+        self.vad = bool(vad)
         self.source = source
         self.model = model.eval().to(device)
         self.device = torch.device(device)
@@ -104,6 +131,7 @@ class Verifier:
         self._cohort: np.ndarray | None = None
         self.top_n = TOP_N
         self.store = EnrollmentStore(":memory:" if db is None else db, model_id=self.model_id, dim=self.dim)
+        self._index: SpeakerIndex | None = None
 
     @classmethod
     def load(
@@ -114,11 +142,13 @@ class Verifier:
         operating_point: str | None = None,
         threshold: float | None = None,
         device: str = "cpu",
+        vad: bool = True,
     ) -> Verifier:
         """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
 
         ``operating_point`` is ``"eer"`` (the default when the checkpoint is calibrated) or
-        ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value.
+        ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value. ``vad=False``
+        embeds clips whole instead of trimmed to their speech.
         """
         if path is None:
             if not DEFAULT_MODEL.is_file():
@@ -136,6 +166,7 @@ class Verifier:
             threshold=threshold,
             device=device,
             source=str(path),
+            vad=vad,
         )
 
     # ------------------------------------------------------------------ embeddings
@@ -153,21 +184,35 @@ class Verifier:
         frames only, so padding does not change an embedding). ``progress``: a tqdm bar on stderr;
         None shows it for more than one batch when stderr is a terminal.
         """
+        return self._embed_many(clips, sample_rate, batch_size, progress)[0]
+
+    def _embed_many(
+        self, clips, sample_rate: int | None, batch_size: int, progress: bool | None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Embeddings and the sha256 of each clip's samples as loaded (16 kHz float32, before speech trimming)."""
         clips = list(clips)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        hashes = [""] * len(clips)
         order = sorted(range(len(clips)), key=lambda i: _approx_samples(clips[i]))
         with _bar(len(clips), progress, batch_size) as bar:
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
-                wavs = [self._load(clips[i], sample_rate) for i in index]
+                wavs = []
+                for i in index:
+                    wav = load_audio(clips[i], sample_rate, min_seconds=self.min_seconds)
+                    hashes[i] = hashlib.sha256(wav.tobytes()).hexdigest()
+                    wavs.append(self._speech(wav, clips[i]))
                 out[index] = self._forward(wavs)
                 bar.update(len(index))
-        return out
+        return out, hashes
 
-    def _load(self, clip, sample_rate):
-        return load_audio(clip, sample_rate, min_seconds=self.min_seconds)
+    def _speech(self, wav: np.ndarray, clip) -> np.ndarray:
+        if not self.vad:
+            return wav
+        name = f"audio file '{os.fspath(clip)}'" if isinstance(clip, (str, os.PathLike)) else "audio"
+        return speech.trim(wav, min_seconds=self.min_seconds, name=name)
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
         return embed_batch(self.model, self.fbank, wavs)
@@ -177,20 +222,28 @@ class Verifier:
 
     # ------------------------------------------------------------------ enrollment
 
-    def enroll(self, name: str, clips, *, sample_rate: int | None = None) -> int:
-        """Add the clips' embeddings to speaker ``name`` (created if new); returns their total count."""
+    def enroll(self, name: str, clips, *, sample_rate: int | None = None) -> Enrollment:
+        """Add the clips' embeddings to speaker ``name`` (created if new).
+
+        A clip whose samples the speaker already has (an exact duplicate, whatever its file name) is
+        skipped, not stored twice. Returns an :class:`~lightsv.store.Enrollment`: ``added``,
+        ``skipped`` (indices into ``clips``) and the speaker's ``total``.
+        """
         if isinstance(clips, (str, os.PathLike)):
             clips = [clips]
         clips = list(clips)
         if not clips:
             raise InvalidEnrollmentError(f"enrolling {name!r} needs at least one clip")
-        embeddings = self.embed_many(clips, sample_rate=sample_rate)
+        # Checked before the clips are embedded, so a bad name costs nothing.
+        self.store.check_name(name)
+        embeddings, hashes = self._embed_many(clips, sample_rate, 16, None)
         sources = [os.fspath(c) if isinstance(c, (str, os.PathLike)) else None for c in clips]
-        return self.store.enroll(name, embeddings, sources=sources)
+        return self.store.enroll(name, embeddings, sources=sources, hashes=hashes)
 
-    def speakers(self) -> list[dict]:
-        """Enrolled speakers: dicts of name, count (clips), created and updated (ISO-8601 UTC)."""
-        return self.store.speakers()
+    def speakers(self, sources: bool = False) -> list[dict]:
+        """Enrolled speakers: dicts of name, count (clips), created and updated (ISO-8601 UTC), and
+        with ``sources`` where each clip came from."""
+        return self.store.speakers(sources=sources)
 
     def delete(self, name: str) -> int:
         """Forget speaker ``name``; returns the number of embeddings removed."""
@@ -200,7 +253,7 @@ class Verifier:
     def speaker_embedding(self, name: str) -> np.ndarray:
         """The unit-length mean of the speaker's enrollment embeddings."""
         self._check_enrolled(name)
-        return _unit(self.store.embeddings(name).mean(axis=0))
+        return self.store.mean(name)
 
     def _check_enrolled(self, name) -> None:
         if name not in self.store:
@@ -211,11 +264,37 @@ class Verifier:
     # ------------------------------------------------------------------ scoring
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Verification:
-        """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold."""
+        """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
+
+        Raises ThresholdError, before any work, when there is no threshold for the current scores.
+        """
+        threshold = self.decision_threshold()
         enrolled = self.speaker_embedding(name)
         score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
-        threshold = self.threshold
-        return Verification(name, score, threshold, None if threshold is None else bool(score >= threshold))
+        return Verification(name, score, threshold, bool(score >= threshold))
+
+    def identify(self, clip, *, top_k: int = 5, sample_rate: int | None = None) -> Identification:
+        """The ``top_k`` enrolled speakers that best match ``clip``, best first, and whether the best
+        passes the threshold. With nobody enrolled: no candidates, ``speaker`` None, not accepted.
+
+        The search ranks speakers by cosine (exact below :data:`lightsv.search.ANN_MIN` speakers,
+        approximate above); with a cohort the candidates are re-scored with AS-norm and re-ranked.
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        threshold = self.decision_threshold()
+        if self._index is None:
+            self._index = SpeakerIndex(self.store)
+        if len(self._index) == 0:
+            return Identification(None, None, threshold, False, [])
+        test = self.embed(clip, sample_rate=sample_rate)
+        found = self._index.search(test, top_k if self._cohort is None else max(top_k, 50))
+        if self._cohort is not None:
+            # The kept means of the few candidates, one indexed lookup each, whatever the store's size.
+            found = sorted(((n, self.score(self.store.mean(n), test)) for n, _ in found), key=lambda c: -c[1])
+        found = found[:top_k]
+        best, score = found[0]
+        return Identification(best, score, threshold, bool(score >= threshold), found)
 
     def compare(self, a, b, *, sample_rate: int | None = None) -> float:
         """The score of two clips (cosine, or AS-norm when a cohort is set); symmetric in ``a`` and ``b``."""
@@ -281,6 +360,24 @@ class Verifier:
             return self.threshold_override
         norm, value = self._calibrated
         return value if norm == self.score_norm else None
+
+    def decision_threshold(self) -> float:
+        """The threshold, or ThresholdError saying why there is none and how to get one."""
+        threshold = self.threshold
+        if threshold is not None:
+            return threshold
+        if self.calibration is None:
+            why = f"{self.source} has no calibration"
+            fix = "calibrate it on a trial list (lightsv score TRIALS --wav-root DIR --model M --calibrate OUT)"
+        else:
+            norm = self._calibrated[0]
+            why = f"scores are {self.score_norm!r} but {self.source} is calibrated for {norm!r} scores"
+            fix = (
+                "calibrate on scores of the same kind (lightsv.calibrate.calibration(scores, labels, "
+                f"score_norm={self.score_norm!r}))"
+                + (" or turn AS-norm off (set_cohort(None))" if self.score_norm == "asnorm" else "")
+            )
+        raise ThresholdError(f"no threshold to decide at: {why}; pass threshold= (--threshold) or {fix}")
 
     # ------------------------------------------------------------------ lifetime
 

@@ -94,10 +94,13 @@ class Adapted(Tuner):
         super().__init__()
         self.base_layer, self.adapter, self.mode, self.scale = base_layer, adapter, mode, scale
         self.source, self.residual = site.source, site.residual
-        self.signature = inspect.signature(base_layer.forward)
+        inner = base_layer
+        while isinstance(inner, Adapted):  # stacked adapters pass the sublayer's arguments through
+            inner = inner.base_layer
+        self.signature = inspect.signature(inner.forward)
         for name in (site.source, site.residual):
             if name is not None and name not in self.signature.parameters:
-                raise ConfigError(f"{type(base_layer).__name__}.forward has no argument {name!r} to adapt")
+                raise ConfigError(f"{type(inner).__name__}.forward has no argument {name!r} to adapt")
 
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)

@@ -76,7 +76,15 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="M", help="checkpoint (default: the shipped model)")
+    parser.add_argument("--model", metavar="M", help="checkpoint or .onnx file (default: the shipped model)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="torch (checkpoints) or onnx (onnxruntime, no torch needed); "
+        "auto: onnx for an .onnx model or without torch, else torch (default: auto)",
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for embedding (default: 1)")
 
 
 def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
@@ -88,7 +96,7 @@ def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
 def _verifier(args: argparse.Namespace, db=None):
     from lightsv.verifier import Verifier
 
-    return Verifier.load(args.model, db=db)
+    return Verifier.load(args.model, db=db, backend=args.backend, threads=args.threads)
 
 
 def _existing_db(path: str) -> str:
@@ -340,6 +348,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return trainer.main(argv)
 
 
+def _add_export(parser: argparse.ArgumentParser) -> None:
+    from lightsv.edge.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from lightsv.edge.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": (
@@ -362,6 +382,11 @@ COMMANDS = {
         _run_score,
     ),
     "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
+    "export": (
+        "export a model to one ONNX file (waveform in, embedding out; optionally int8 or for sherpa-onnx)",
+        _add_export,
+        _run_export,
+    ),
 }
 
 

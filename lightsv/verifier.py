@@ -31,18 +31,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
 from lightsv.audio import load as load_audio
-from lightsv.checkpoint import load_model
 from lightsv.errors import CheckpointError, ConfigError, LightsvError, UnknownSpeakerError
-from lightsv.features import Fbank, FbankConfig
+from lightsv.runtime import DEFAULT_ONNX, OnnxModel, check_threads
 from lightsv.store import EnrollmentStore, InvalidEnrollmentError
+
+if TYPE_CHECKING:  # torch is imported only by the torch backend, so the onnx backend runs without it
+    from torch import nn
+
+    from lightsv.features import Fbank, FbankConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default.pt"
@@ -72,7 +75,7 @@ class Verifier:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | OnnxModel,
         *,
         extra: dict | None = None,
         db: str | os.PathLike | None = None,
@@ -80,20 +83,21 @@ class Verifier:
         threshold: float | None = None,
         device: str = "cpu",
         source: str = "model",
+        threads: int | None = None,
     ):
-        extra = extra or {}
+        """``model``: a torch model (with its checkpoint metadata ``extra``) or an :class:`OnnxModel`."""
+        if isinstance(model, OnnxModel):
+            extra = {**model.extra, **(extra or {})}
+            self.backend: TorchModel | OnnxModel = model
+            self.model, self.fbank = None, None
+        else:
+            extra = extra or {}
+            self.backend = TorchModel(model, extra, source=source, device=device, threads=threads)
+            self.model, self.fbank = self.backend.model, self.backend.fbank
         self.source = source
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
-        self.fbank = Fbank(_features(extra, source)).to(device)
-        feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
-        if feat_dim != self.fbank.config.n_mels:
-            raise CheckpointError(
-                f"{source}: model takes {feat_dim} features but its filterbank makes {self.fbank.config.n_mels}"
-            )
         self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
-        self.dim = int(getattr(model, "embed_dim", 0)) or self._probe_dim()
-        self.model_id = model_id(model)
+        self.dim = self.backend.dim
+        self.model_id = self.backend.model_id
         self.calibration = extra.get("calibration")
         self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
         self.threshold_override = None if threshold is None else _finite(threshold, "threshold")
@@ -110,12 +114,32 @@ class Verifier:
         operating_point: str | None = None,
         threshold: float | None = None,
         device: str = "cpu",
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> Verifier:
         """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
 
         ``operating_point`` is ``"eer"`` (the default when the checkpoint is calibrated) or
         ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value.
+        ``backend``: ``"torch"`` (a checkpoint), ``"onnx"`` (an exported ``.onnx`` file, run by
+        onnxruntime without torch; default file: the shipped ``lightsv/assets/default.onnx``) or
+        ``"auto"``: onnx for a ``.onnx`` path or when torch is not installed, else torch.
+        ``threads``: CPU threads for embedding (default 1, see :func:`lightsv.runtime.default_threads`).
         """
+        kind = choose_backend(path, backend)
+        if kind == "onnx":
+            path = DEFAULT_ONNX if path is None else path
+            if path == DEFAULT_ONNX and not DEFAULT_ONNX.is_file():
+                raise CheckpointError(f"the default ONNX model {DEFAULT_ONNX} is missing from this installation")
+            return cls(
+                OnnxModel(path, threads=threads),
+                db=db,
+                operating_point=operating_point,
+                threshold=threshold,
+                source=str(path),
+            )
+        from lightsv.checkpoint import load_model
+
         if path is None:
             if not DEFAULT_MODEL.is_file():
                 raise CheckpointError(
@@ -132,6 +156,7 @@ class Verifier:
             threshold=threshold,
             device=device,
             source=str(path),
+            threads=threads,
         )
 
     # ------------------------------------------------------------------ embeddings
@@ -166,10 +191,7 @@ class Verifier:
         return load_audio(clip, sample_rate, min_seconds=self.min_seconds)
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
-        return embed_batch(self.model, self.fbank, wavs)
-
-    def _probe_dim(self) -> int:
-        return self._forward([np.zeros(SAMPLE_RATE, dtype=np.float32)]).shape[1]
+        return self.backend.embed(wavs)
 
     # ------------------------------------------------------------------ enrollment
 
@@ -242,7 +264,12 @@ class Verifier:
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
             raise ConfigError(f"top_n must be an integer >= 2, got {top_n!r}")
         if _is_embeddings(cohort, self.dim):
-            array = cohort.detach().cpu().numpy() if isinstance(cohort, torch.Tensor) else np.asarray(cohort)
+            tensor = _tensor_type()
+            array = (
+                cohort.detach().cpu().numpy()
+                if tensor is not None and isinstance(cohort, tensor)
+                else np.asarray(cohort)
+            )
             array = array.astype(np.float32)
             norms = np.linalg.norm(array, axis=1, keepdims=True)
             if not np.isfinite(array).all() or not (norms > 0).all():
@@ -296,9 +323,65 @@ class Verifier:
         )
 
 
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def choose_backend(path, backend: str) -> str:
+    """``"torch"`` or ``"onnx"`` for a model ``path`` (None: the shipped model) and a requested ``backend``."""
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    is_onnx = path is not None and str(path).lower().endswith(".onnx")
+    if backend == "auto":
+        return "onnx" if is_onnx or importlib.util.find_spec("torch") is None else "torch"
+    if backend == "torch" and is_onnx:
+        raise ConfigError(f"{path}: an ONNX file runs on the onnx backend (--backend onnx), not torch")
+    if backend == "onnx" and path is not None and not is_onnx:
+        raise ConfigError(
+            f"{path}: the onnx backend reads .onnx files; export the checkpoint first "
+            f"(lightsv export --model {path} --out model.onnx)"
+        )
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
+        raise ConfigError("the torch backend needs torch, which is not installed (use --backend onnx)")
+    return backend
+
+
+class TorchModel:
+    """A torch model and its filterbank behind the same interface as :class:`lightsv.runtime.OnnxModel`."""
+
+    def __init__(self, model: nn.Module, extra: dict, *, source: str, device: str = "cpu", threads: int | None = None):
+        from lightsv.features import Fbank
+
+        self.threads = check_threads(threads)
+        self.model = model.eval().to(device)
+        self.fbank = Fbank(_features(extra, source)).to(device)
+        feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
+        if feat_dim != self.fbank.config.n_mels:
+            raise CheckpointError(
+                f"{source}: model takes {feat_dim} features but its filterbank makes {self.fbank.config.n_mels}"
+            )
+        self.dim = int(getattr(model, "embed_dim", 0)) or self.embed([np.zeros(SAMPLE_RATE, np.float32)]).shape[1]
+        self.model_id = model_id(model)
+
+    def embed(self, wavs: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        # torch's thread count is global to the process: set for this call, then restored.
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return embed_batch(self.model, self.fbank, wavs)
+        finally:
+            torch.set_num_threads(before)
+
+
 def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.ndarray:
     """Unit-length embeddings [N, D] of waveforms, run as one zero-padded batch (exact: models pool
     over valid frames only)."""
+    import torch
+    from torch import nn
+
     device = next(model.parameters()).device
     lengths = torch.tensor([len(w) for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
@@ -316,6 +399,8 @@ def model_id(model: nn.Module) -> str:
     Hashing the model rather than the checkpoint file keeps the id, and so the enrollment stores made
     with it, valid when only the checkpoint's metadata changes (e.g. a calibration is written into it).
     """
+    import torch
+
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     head = {
@@ -390,6 +475,8 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
 
 
 def _features(extra: dict, source: str) -> FbankConfig:
+    from lightsv.features import FbankConfig
+
     # The trainer records its full config; the filterbank must match what the model was trained on.
     options = extra.get("features")
     if options is None:
@@ -406,8 +493,14 @@ def _features(extra: dict, source: str) -> FbankConfig:
         raise CheckpointError(f"{source}: bad filterbank options in its metadata ({err})") from None
 
 
+def _tensor_type() -> type | None:
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
+    return None if torch is None else torch.Tensor
+
+
 def _is_embeddings(cohort, dim: int) -> bool:
-    if isinstance(cohort, torch.Tensor):
+    tensor = _tensor_type()
+    if tensor is not None and isinstance(cohort, tensor):
         return cohort.dim() == 2 and cohort.shape[1] == dim and cohort.is_floating_point()
     return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim and cohort.dtype.kind == "f"
 

@@ -270,7 +270,7 @@ def _run_score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lightsv import metrics
-    from lightsv.data import read_trials
+    from lightsv.trials import read_trials
 
     trials = read_trials(args.trials)
     labels, pairs = np.array([t.label for t in trials]), [(t.enroll, t.test) for t in trials]

@@ -333,8 +333,12 @@ def choose_backend(path, backend: str) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     is_onnx = path is not None and str(path).lower().endswith(".onnx")
+    try:
+        has_torch = importlib.util.find_spec("torch") is not None
+    except ImportError:  # an import hook that refuses torch
+        has_torch = False
     if backend == "auto":
-        return "onnx" if is_onnx or importlib.util.find_spec("torch") is None else "torch"
+        return "onnx" if is_onnx or not has_torch else "torch"
     if backend == "torch" and is_onnx:
         raise ConfigError(f"{path}: an ONNX file runs on the onnx backend (--backend onnx), not torch")
     if backend == "onnx" and path is not None and not is_onnx:
@@ -342,7 +346,7 @@ def choose_backend(path, backend: str) -> str:
             f"{path}: the onnx backend reads .onnx files; export the checkpoint first "
             f"(lightsv export --model {path} --out model.onnx)"
         )
-    if backend == "torch" and importlib.util.find_spec("torch") is None:
+    if backend == "torch" and not has_torch:
         raise ConfigError("the torch backend needs torch, which is not installed (use --backend onnx)")
     return backend
 

@@ -62,7 +62,7 @@ def calibration_paths(path: str | Path | None, wav_root: str | Path | None, coun
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     elif path.is_file():
-        from lightsv.data import read_trials
+        from lightsv.trials import read_trials
 
         root = Path(wav_root) if wav_root else path.parent / "wav"
         files = sorted({root / p for t in read_trials(path) for p in (t.enroll, t.test)})

@@ -417,5 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except USER_ERRORS as err:
         return _fail(str(err))
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        return _fail(
+            f"'{PROG} {args.command}' needs torch, which is not installed here: "
+            "pip install -c constraints.txt lightsv (the full install); enrolling, verifying and scoring "
+            "run without it (--backend onnx)"
+        )
     except KeyboardInterrupt:
         return _fail("interrupted")

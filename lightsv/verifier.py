@@ -178,10 +178,10 @@ class Verifier:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
-        order = sorted(range(len(clips)), key=lambda i: _approx_samples(clips[i]))
+        seconds = [_approx_samples(c) for c in clips]
+        order = sorted(range(len(clips)), key=seconds.__getitem__)
         with _bar(len(clips), progress, batch_size) as bar:
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
+            for index in _batches(order, seconds, batch_size):
                 wavs = [self._load(clips[i], sample_rate) for i in index]
                 out[index] = self._forward(wavs)
                 bar.update(len(index))
@@ -507,6 +507,23 @@ def _is_embeddings(cohort, dim: int) -> bool:
     if tensor is not None and isinstance(cohort, tensor):
         return cohort.dim() == 2 and cohort.shape[1] == dim and cohort.is_floating_point()
     return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim and cohort.dtype.kind == "f"
+
+
+#: Padded audio per forward pass at most (unless one clip is longer): bounds the memory of a batch of
+#: long clips, which a fixed clip count does not.
+BATCH_SECONDS = 160.0
+
+
+def _batches(order: list[int], seconds: list[float], batch_size: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (sorted by length) of at most ``batch_size`` clips and
+    BATCH_SECONDS of padded audio (the group's longest clip times its size)."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < batch_size and (len(groups[-1]) + 1) * seconds[i] <= BATCH_SECONDS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _approx_samples(clip) -> float:

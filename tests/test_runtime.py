@@ -170,3 +170,14 @@ def test_bad_onnx_files_give_a_clear_error(tmp_path, kind):
     db = tmp_path / "s.db"
     out = run(["-m", "lightsv", "enroll", "--db", str(db), "--model", str(path), "x", str(example_clips()["ls19"][0])])
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "lightsv: error:" in out.stderr, out.stderr
+
+
+def test_long_lists_are_batched_by_padded_duration():
+    from lightsv.verifier import BATCH_SECONDS, _batches
+
+    seconds = [1.0] * 40 + [30.0] * 12 + [BATCH_SECONDS * 2]
+    groups = _batches(list(range(len(seconds))), seconds, batch_size=16)
+    assert sorted(i for g in groups for i in g) == list(range(len(seconds)))
+    assert all(len(g) <= 16 for g in groups)
+    assert all(len(g) * max(seconds[i] for i in g) <= BATCH_SECONDS for g in groups if len(g) > 1)
+    assert [len(g) for g in groups] == [16, 16, 8, 5, 5, 2, 1]

@@ -31,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -497,7 +497,7 @@ def _features(extra: dict, source: str) -> FbankConfig:
         raise CheckpointError(f"{source}: bad filterbank options in its metadata ({err})") from None
 
 
-def _tensor_type() -> type | None:
+def _tensor_type() -> Any:
     torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
     return None if torch is None else torch.Tensor
 

@@ -240,7 +240,7 @@ def _torchscript_export(graph: nn.Module, opset: int):
         torch.onnx.export(
             graph,
             (wav, lengths),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
             input_names=["wav", "lengths"],
             output_names=["embedding"],
             dynamic_axes={"wav": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "embedding": {0: "batch"}},

@@ -10,6 +10,7 @@ rounding; the parity tests hold the exported graph to the torch path.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,13 +20,17 @@ from lightsv.features import _INT16_SCALE, Fbank, FbankConfig, _window, mel_bank
 class FftFbank(nn.Module):
     """``forward(wav[B, N], lengths[B]) -> (log-mels[B, T, n_mels], frames[B])``, like :class:`Fbank`."""
 
+    mel: torch.Tensor
+    window: torch.Tensor
+    offsets: torch.Tensor
+
     def __init__(self, config: FbankConfig | None = None):
         super().__init__()
         self.config = c = config or FbankConfig()
         Fbank(c)  # validates the options with Fbank's messages
         self.win_length, self.hop_length = c.win_length, c.hop_length
         bank = mel_banks(c)  # [n_fft/2, n_mels]
-        used = bank.any(axis=1).nonzero()[0]
+        used = np.flatnonzero(bank.any(axis=1))
         # Only the contiguous band of bins some triangle touches enters the mel matmul.
         self.first_bin, self.last_bin = int(used.min()), int(used.max()) + 1
         self.register_buffer("mel", torch.from_numpy(bank[self.first_bin : self.last_bin]).float(), persistent=False)

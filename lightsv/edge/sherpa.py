@@ -40,6 +40,8 @@ def feature_map(c: FbankConfig) -> np.ndarray:
 class FeatureEmbedder(nn.Module):
     """sherpa-onnx's log-mels [B, T, 80] -> lightsv's mean-normalised log-mels -> embedding [B, D]."""
 
+    map: torch.Tensor
+
     def __init__(self, model: nn.Module, features: FbankConfig):
         super().__init__()
         self.features = features

@@ -283,6 +283,8 @@ def _run_score(args: argparse.Namespace) -> int:
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
     v = _verifier(args)
+    if args.calibrate and v.model is None:
+        raise ConfigError("--calibrate writes a calibrated checkpoint: score a .pt model on the torch backend")
     emb = dict(zip(files, v.embed_many([root / f for f in files], batch_size=args.batch_size), strict=True))
     scores = np.array([float(emb[e] @ emb[t]) for e, t in pairs])
     result = {
@@ -418,12 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         return _fail(str(err))
     except ModuleNotFoundError as err:
-        if err.name != "torch":
+        # Without torch (the onnx-only install) the torch-backed commands end here, not in a traceback.
+        if err.name is None or err.name.startswith("lightsv"):
             raise
-        return _fail(
-            f"'{PROG} {args.command}' needs torch, which is not installed here: "
-            "pip install -c constraints.txt lightsv (the full install); enrolling, verifying and scoring "
-            "run without it (--backend onnx)"
-        )
+        if err.name.split(".")[0] == "torch":
+            return _fail(
+                f"'{PROG} {args.command}' needs torch, which is not installed here: "
+                "pip install -c constraints.txt lightsv (the full install); enrolling, verifying and scoring "
+                "run without it (--backend onnx)"
+            )
+        return _fail(f"'{PROG} {args.command}' needs {err.name}, which is not installed here: pip install {err.name}")
     except KeyboardInterrupt:
         return _fail("interrupted")

@@ -181,3 +181,9 @@ def test_long_lists_are_batched_by_padded_duration():
     assert all(len(g) <= 16 for g in groups)
     assert all(len(g) * max(seconds[i] for i in g) <= BATCH_SECONDS for g in groups if len(g) > 1)
     assert [len(g) for g in groups] == [16, 16, 8, 5, 5, 2, 1]
+
+
+def test_torch_only_commands_say_so_in_one_line_without_torch(no_torch):
+    for args in (["train", "recipes/voxceleb/conf/default.yaml"], ["export", "--out", "x.onnx"], ["profile"]):
+        out = run(["-m", "lightsv", *args], no_torch)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "needs torch" in out.stderr, out.stderr

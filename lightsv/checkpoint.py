@@ -28,8 +28,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, half: bool = False,
     half: store floating-point weights as float16, halving the file (for shipping); loading casts
     them back to the model's float32, so only the rounding of the weights changes.
     """
-    name = getattr(model, "model_name", None)
-    if name not in MODELS or not dataclasses.is_dataclass(getattr(model, "config", None)):
+    name, config = getattr(model, "model_name", None), getattr(model, "config", None)
+    if name not in MODELS or not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise CheckpointError("only models made by lightsv.build_model can be saved (need model_name and config)")
     state = model.state_dict()
     if half:
@@ -38,7 +38,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, half: bool = False,
         "format": FORMAT,
         "version": VERSION,
         "model": name,
-        "config": dataclasses.asdict(model.config),
+        "config": dataclasses.asdict(config),
         "tuners": list(getattr(model, "tuners", [])),
         "state_dict": state,
         "extra": extra,

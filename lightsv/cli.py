@@ -147,7 +147,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     rows, correct, top_right = [], 0, 0
     for (true_name, clip), emb in zip(held_out, v.embed_many([clip for _, clip in held_out]), strict=True):
         scores = {name: v.score(enrolled[name], emb) for name in speakers}
-        top_right += max(scores, key=scores.get) == true_name
+        top_right += max(scores, key=lambda name: scores[name]) == true_name
         for name, score in scores.items():
             accept = None if v.threshold is None else score >= v.threshold
             correct += accept == (name == true_name)

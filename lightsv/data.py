@@ -56,12 +56,12 @@ def scan(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) 
 
 def find_audio(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[str]:
     """Audio files anywhere under `root`, sorted (clips without speaker labels)."""
-    extensions = tuple(e.lower() for e in extensions)
+    suffixes = tuple(e.lower() for e in extensions)
     found = [
         str(Path(d) / n)
-        for d, _, names in os.walk(root, followlinks=True)
+        for d, _, names in os.walk(os.fspath(root), followlinks=True)
         for n in names
-        if n.lower().endswith(extensions)
+        if n.lower().endswith(suffixes)
     ]
     return sorted(found)
 
@@ -221,7 +221,8 @@ class CropDataset(torch.utils.data.Dataset):
         )
 
     def _crop(self, index: int, length: int, rng: np.random.Generator, join: bool):
-        pieces, segments, total = [], [], 0
+        pieces: list[np.ndarray] = []
+        segments, total = [], 0
         first = self.audio(index)
         order = [index]
         if join and len(first) < length:
@@ -289,15 +290,15 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         world_size: int = 1,
         crop_range: tuple[int, int] | None = None,
     ):
-        labels = np.asarray(labels)
+        label_array = np.asarray(labels)
         if batch_size < 1 or unlabeled < 0 or unlabeled >= batch_size:
             raise ConfigError(f"batch size {batch_size} must exceed the unlabeled clips per batch ({unlabeled})")
         if per_speaker < 1 or (batch_size - unlabeled) % per_speaker:
             raise ConfigError(
                 f"labelled clips per batch ({batch_size - unlabeled}) must be a multiple of per_speaker ({per_speaker})"
             )
-        self.speakers = [np.flatnonzero(labels == s) for s in np.unique(labels[labels != UNLABELED])]
-        self.unlabeled_index = np.flatnonzero(labels == UNLABELED)
+        self.speakers = [np.flatnonzero(label_array == s) for s in np.unique(label_array[label_array != UNLABELED])]
+        self.unlabeled_index = np.flatnonzero(label_array == UNLABELED)
         if not self.speakers:
             raise ConfigError("no labelled clip to train on")
         if unlabeled and not len(self.unlabeled_index):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch.distributed as dist
@@ -43,7 +44,8 @@ def extract(
             wav = np.resize(wav, SAMPLE_RATE // 2)
         wavs[p] = wav
     order = sorted(mine, key=lambda p: len(wavs[p]))
-    batches, current = [], []
+    batches: list[list[str]] = []
+    current: list[str] = []
     for p in order:  # ascending lengths: the newest one sets the padded size
         if current and (len(current) + 1) * len(wavs[p]) > batch_seconds * SAMPLE_RATE:
             batches.append(current)
@@ -51,7 +53,7 @@ def extract(
         current.append(p)
     if current:
         batches.append(current)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     if progress:
@@ -62,7 +64,7 @@ def extract(
         out.update(zip(batch, embed_batch(model, fbank, [wavs[p] for p in batch]), strict=True))
     model.train(was_training)
     if ctx.world > 1:
-        gathered = [None] * ctx.world
+        gathered: list[dict[str, np.ndarray]] = [{} for _ in range(ctx.world)]
         dist.all_gather_object(gathered, out)
         out = {k: v for part in gathered for k, v in part.items()}
     return out
@@ -116,7 +118,11 @@ def evaluate(
     )
     scores = np.array([float(emb[resolve[t.enroll]] @ emb[resolve[t.test]]) for t in pairs])
     labels = np.array([t.label for t in pairs])
-    result = {"trials": str(trials), "overall": metrics.summary(scores, labels, e.p_target, bootstrap), "families": {}}
+    result: dict[str, Any] = {
+        "trials": str(trials),
+        "overall": metrics.summary(scores, labels, e.p_target, bootstrap),
+        "families": {},
+    }
     family = families(manifest)
     if family:
         names = np.array(

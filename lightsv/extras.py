@@ -64,19 +64,23 @@ def _constraint_files(tmpdir: Path) -> list[Path]:
 
 def _satisfied(requirements: list[str]) -> bool:
     """True when every requirement is installed at an acceptable version."""
+    wanted = [r for r in requirements if not r.startswith("-")]
     try:
         from packaging.requirements import Requirement
     except ImportError:  # name-only check; pip itself is the fallback judge
-        Requirement = None
-    for req in (r for r in requirements if not r.startswith("-")):
-        name = Requirement(req).name if Requirement else re.match(r"[A-Za-z0-9._-]+", req).group(0)
-        try:
-            version = md.version(name)
-        except md.PackageNotFoundError:
-            return False
-        if Requirement and not Requirement(req).specifier.contains(version, prereleases=True):
+        return all(_version(re.split(r"[^A-Za-z0-9._-]", r, maxsplit=1)[0]) for r in wanted)
+    for req in map(Requirement, wanted):
+        version = _version(req.name)
+        if version is None or not req.specifier.contains(version, prereleases=True):
             return False
     return True
+
+
+def _version(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
 
 
 def _pip_install(requirements: list[str]) -> None:

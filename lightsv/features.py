@@ -61,6 +61,9 @@ class Fbank(nn.Module):
     check, and torch.export needs a sample Dim with min >= 2 frames (560 at 16 kHz).
     """
 
+    dft: torch.Tensor  # buffers
+    mel: torch.Tensor
+
     def __init__(self, config: FbankConfig | None = None):
         super().__init__()
         self.config = c = config or FbankConfig()

@@ -10,6 +10,7 @@ order of the trials in the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm
@@ -195,7 +196,7 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
 def summary(scores, labels, p_target: float = 0.01, bootstrap: int = 1000) -> dict:
     """EER (percent) with its bootstrap 95 % interval, minDCF and the trial counts, as one dict."""
     labels = np.asarray(labels)
-    out = {
+    out: dict[str, Any] = {
         "eer": eer(scores, labels),
         "min_dcf": min_dcf(scores, labels, p_target=p_target),
         "targets": int((labels == 1).sum()),
@@ -258,7 +259,7 @@ def t_dcf(
     version = str(version)
     if version not in _COST_TYPES:
         raise ValueError(f"t-DCF version must be '2019' or '2021', got {version!r}")
-    cost = _COST_TYPES[version]() if cost_model is None else cost_model
+    cost: TDCF2019Cost | TDCF2021Cost = _COST_TYPES[version]() if cost_model is None else cost_model
     if not isinstance(cost, _COST_TYPES[version]):
         raise ValueError(f"t-DCF version {version} needs a {_COST_TYPES[version].__name__}, got {type(cost).__name__}")
     if min(cost.p_tar, cost.p_non, cost.p_spoof) < 0 or abs(cost.p_tar + cost.p_non + cost.p_spoof - 1) > 1e-10:
@@ -269,11 +270,11 @@ def t_dcf(
     spoof_asv = _as_scores(asv_spoof, "ASV spoof scores")
 
     thr = _eer_threshold(tar, non)
-    pfa_asv, pmiss_asv = np.mean(non >= thr), np.mean(tar < thr)
-    pfa_spoof_asv = np.mean(spoof_asv >= thr)
+    pfa_asv, pmiss_asv = float(np.mean(non >= thr)), float(np.mean(tar < thr))
+    pfa_spoof_asv = float(np.mean(spoof_asv >= thr))
     pfa_cm, pmiss_cm, _ = _rates(bona, spoof)
 
-    if version == "2019":
+    if isinstance(cost, TDCF2019Cost):  # the version's type, checked above
         c1 = cost.p_tar * (cost.c_miss_cm - cost.c_miss_asv * pmiss_asv) - cost.p_non * cost.c_fa_asv * pfa_asv
         c2 = cost.c_fa_cm * cost.p_spoof * pfa_spoof_asv  # = (1 - Pmiss_spoof_asv)
         c0 = 0.0

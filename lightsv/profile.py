@@ -81,7 +81,11 @@ class PeakMemory(TorchDispatchMode):
 
     def _track(self, storage: torch.UntypedStorage, nbytes: int) -> None:
         key = storage._cdata
-        self.live[key] = (nbytes, weakref.ref(storage, lambda _, key=key: self._free(key)))
+
+        def free(_: object, key: int = key) -> None:
+            self._free(key)
+
+        self.live[key] = (nbytes, weakref.ref(storage, free))
         self.current += nbytes
 
     def _free(self, key: int) -> None:
@@ -256,7 +260,7 @@ def profile_variants(name: str, variants: list[dict], progress=iter, **options) 
     from lightsv.transform import apply
 
     # all variants are built before the slow profiling starts, so bad options fail fast
-    models = [(None, build_model(name))]
+    models: list[tuple[dict | None, nn.Module]] = [(None, build_model(name))]
     models += [(v, apply(build_model(name), **v)) for v in variants]
     rows, plain = [], None
     for variant, model in progress(models):

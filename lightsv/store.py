@@ -57,7 +57,8 @@ class EnrollmentStore:
     def __init__(
         self, path: str | os.PathLike, model_id: str | None = None, dim: int | None = None, *, timeout: float = 30.0
     ):
-        self.path, self.timeout, self._db = Path(path), float(timeout), None
+        self.path, self.timeout = Path(path), float(timeout)
+        self._db: sqlite3.Connection | None = None
         self._enroll_ok = model_id is not None
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not an enrollment database")
@@ -74,7 +75,8 @@ class EnrollmentStore:
             raise StoreError(f"{self.path}: cannot open: {err}") from None
         try:
             with self._errors():
-                if new:
+                if new:  # only when creating, so both are given
+                    assert model_id is not None and dim is not None
                     self._create(model_id, int(dim))
                 meta = self._read_meta()
                 self.model_id, self.dim, self.created = meta["model_id"], int(meta["dim"]), meta["created"]
@@ -86,18 +88,24 @@ class EnrollmentStore:
                 if dim is not None and int(dim) != self.dim:
                     raise StoreError(f"{self.path}: holds {self.dim}-dim embeddings, not {dim}")
                 # Only now that the file is known to be ours may anything be written to it.
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA journal_mode=WAL")
                 # FULL, not NORMAL: in WAL mode NORMAL survives a killed process but can drop the last
                 # commits on power loss, and an enrollment is rare and reported to the user as saved.
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("PRAGMA foreign_keys=ON")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
                 # Reads every page; catches corruption before an enrollment is written on top of it.
-                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
                 if problems != ["ok"]:
                     raise StoreError(f"{self.path}: database is corrupt ({'; '.join(problems)[:300]})")
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: enrollment store is closed")
+        return self._db
 
     def _check_file(self, creating: bool) -> bool:
         """Whether the file must be initialised; refuses files that are not ours before SQLite touches them."""
@@ -127,12 +135,12 @@ class EnrollmentStore:
             raise StoreError(f"{self.path}: a new store needs a non-empty model_id and a positive dim")
         with self._transaction():
             # Another process may have created the file since we looked; its tables then win.
-            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            if self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 return
             for statement in SCHEMA.split(";"):
                 if statement.strip():
-                    self._db.execute(statement)
-            self._db.executemany(
+                    self._conn.execute(statement)
+            self._conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [
                     ("format", FORMAT),
@@ -144,11 +152,11 @@ class EnrollmentStore:
             )
 
     def _read_meta(self) -> dict:
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         meta = {}
         if {"meta", "speakers", "embeddings"} <= tables:
             try:
-                meta = dict(self._db.execute("SELECT key, value FROM meta"))
+                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
             except sqlite3.OperationalError:  # someone else's table called meta
                 pass
         if meta.get("format") != FORMAT:
@@ -185,18 +193,18 @@ class EnrollmentStore:
     def _transaction(self):
         # IMMEDIATE takes the write lock up front: a deferred transaction that later needs it fails at
         # once in WAL mode instead of waiting out the busy timeout.
-        self._db.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._db.execute("COMMIT")
+            self._conn.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
 
     def _speaker_id(self, name) -> int:
         _check_name(name)
-        row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+        row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownSpeakerError(f"{self.path}: speaker {name!r} is not enrolled")
         return row[0]
@@ -212,22 +220,22 @@ class EnrollmentStore:
             raise InvalidEnrollmentError(f"sources must be {len(vectors)} strings (one per embedding)")
         with self._errors(), self._transaction():
             now = _now()
-            row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                speaker = self._db.execute(
+                speaker = self._conn.execute(
                     "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
                 ).lastrowid
             else:
                 speaker = row[0]
-                self._db.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
-            self._db.executemany(
+                self._conn.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
+            self._conn.executemany(
                 "INSERT INTO embeddings (speaker_id, vector, dim, created, source) VALUES (?, ?, ?, ?, ?)",
                 (
                     (speaker, vector.tobytes(), self.dim, now, source)
                     for vector, source in zip(vectors, sources, strict=True)
                 ),
             )
-            return self._db.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
 
     def _check_embeddings(self, embeddings) -> np.ndarray:
         try:
@@ -251,7 +259,7 @@ class EnrollmentStore:
         """The speaker's embeddings [N, D] float32, in enrollment order."""
         with self._errors():
             speaker = self._speaker_id(name)
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT vector, dim FROM embeddings WHERE speaker_id = ? ORDER BY id", (speaker,)
             ).fetchall()
         if any(dim != self.dim or len(blob) != 4 * self.dim for blob, dim in rows):
@@ -262,7 +270,7 @@ class EnrollmentStore:
     def speakers(self) -> list[dict]:
         """One dict per speaker (name, count, created, updated; ISO-8601 UTC), sorted by name."""
         with self._errors():
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT s.name, count(e.id), s.created, s.updated FROM speakers s "
                 "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name"
             ).fetchall()
@@ -274,19 +282,19 @@ class EnrollmentStore:
         """Remove the speaker and all their embeddings; returns the number of embeddings removed."""
         with self._errors(), self._transaction():
             speaker = self._speaker_id(name)
-            removed = self._db.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
-            self._db.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
+            removed = self._conn.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
+            self._conn.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
             return removed
 
     def __contains__(self, name) -> bool:
         if not isinstance(name, str):
             return False
         with self._errors():
-            return self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (name,)).fetchone() is not None
+            return self._conn.execute("SELECT 1 FROM speakers WHERE name = ?", (name,)).fetchone() is not None
 
     def __len__(self) -> int:
         with self._errors():
-            return self._db.execute("SELECT count(*) FROM speakers").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM speakers").fetchone()[0]
 
     def close(self) -> None:
         if self._db is not None:

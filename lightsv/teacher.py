@@ -234,6 +234,9 @@ class OnlineTeacher(torch.nn.Module):
     """
 
     WINDOW = 160  # frames per teacher window (1.6 s)
+    mel: torch.Tensor  # buffers
+    window: torch.Tensor
+    center: torch.Tensor
 
     def __init__(self):
         super().__init__()

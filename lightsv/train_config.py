@@ -11,6 +11,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -185,7 +186,7 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[last] = value
 
 
-def config_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:
+def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> TrainConfig:
     """A TrainConfig from plain data plus `key.sub=value` overrides (values parsed as YAML scalars)."""
     data = json.loads(json.dumps(data or {}))  # a private copy of plain data
     for item in overrides:
@@ -198,7 +199,7 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:
     return config
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML training config; relative data paths are relative to the working directory."""
     try:
         with open(path) as f:
@@ -259,7 +260,7 @@ def check(c: TrainConfig) -> None:
         raise ConfigError("loss: aam_weight and distill_weight are both 0; nothing to train")
     if c.loss.distill_weight > 0 and c.loss.teacher == "cache" and not c.loss.teacher_cache:
         raise ConfigError("loss.distill_weight > 0 needs loss.teacher_cache (a path; built when missing)")
-    choices = {
+    choices: dict[str, tuple[str, tuple[str, ...]]] = {
         "optim.name": (c.optim.name, ("adamw", "sgd")),
         "optim.schedule": (c.optim.schedule, ("cosine", "exponential", "constant")),
         "short_clips": (c.short_clips, ("join", "repeat")),
@@ -267,9 +268,9 @@ def check(c: TrainConfig) -> None:
         "loss.projection": (c.loss.projection, ("auto", "none", "linear")),
         "transform.fusion": (c.transform.fusion if c.transform else "sum", tuple(transform.FUSIONS)),
     }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    for name, (choice, allowed) in choices.items():
+        if choice not in allowed:
+            raise ConfigError(f"{name}: {choice!r} is not one of {', '.join(allowed)}")
     if c.model.options.get("feat_dim", c.features.n_mels) != c.features.n_mels:
         raise ConfigError(
             f"model.options.feat_dim ({c.model.options['feat_dim']}) != features.n_mels ({c.features.n_mels})"

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,6 +109,8 @@ def teacher_cache(c: TrainConfig, clips: list[Clip] | None = None, ctx: Context 
 
     ctx = ctx or Context()
     clips = clips if clips is not None else training_clips(c)[0]
+    if not c.loss.teacher_cache:
+        raise ConfigError("loss.teacher_cache: no path for the teacher cache")
     path = Path(c.loss.teacher_cache)
     if ctx.main:
         existing = TeacherCache.load(path) if path.exists() else None
@@ -276,6 +279,7 @@ def train(
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
     if c.optim.name == "adamw":
         optimizer = torch.optim.AdamW(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
     else:
@@ -287,7 +291,7 @@ def train(
         optimizer, _lr_factor(c.optim, total_steps, int(round(c.optim.warmup_epochs * steps)))
     )
 
-    state = {
+    state: dict[str, Any] = {
         "epoch": 0,
         "batch": 0,
         "step": 0,
@@ -440,14 +444,14 @@ def train(
                 break
         state["elapsed"] = resumed_elapsed + time.monotonic() - started
         finished = state["batch"] >= steps
-        m = (sums / max(count, 1)).tolist()
+        means = (sums / max(count, 1)).tolist()
         entry = {
             "epoch": epoch + 1,
             "step": state["step"],
-            "loss": m[0],
-            "aam": m[1],
-            "accuracy": m[2],
-            "distill": m[3],
+            "loss": means[0],
+            "aam": means[1],
+            "accuracy": means[2],
+            "distill": means[3],
             "minutes": state["elapsed"] / 60.0,
         }
         if finished:
@@ -548,7 +552,9 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = Fal
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lightsv.trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    overrides: dict[str, Any] = dict(
+        action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
     for name, text in (("train", "train a model"), ("finetune", "large-margin fine-tune a trained model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
@@ -596,12 +602,15 @@ def main(argv: list[str] | None = None) -> int:
             cache = teacher_cache(config)
             print(f"{config.loss.teacher_cache}: {len(cache)} clips, {cache.windows.shape[0]} windows")
         else:
+            trials = args.trials or config.data.trials
+            if not trials:
+                raise ConfigError("no trial list to score: give --trials or set data.trials")
             ctx = setup(config.device)
             torch.set_num_threads(config.threads)
             model = load_model(args.model).to(ctx.device)
             result = evaluate(
                 model,
-                args.trials or config.data.trials,
+                trials,
                 args.root or config.data.trials_root or config.data.root,
                 manifest=args.manifest or config.data.manifest,
                 features=config.features,
@@ -617,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 det_plot(
                     {Path(args.model).name: (result["scores"], result["labels"])},
                     out / "det.png",
-                    title=Path(args.trials or config.data.trials).name,
+                    title=Path(trials).name,
                 )
                 print(json.dumps(scores["overall"], indent=2))
         return 0

@@ -14,6 +14,7 @@ parameters by about K^2.
 import copy
 import inspect
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +31,8 @@ def _divide(n: int, k: int, what: str) -> int:
 
 def _conv(m: nn.modules.conv._ConvNd, k: int, name: str) -> nn.Module:
     depthwise = m.groups > 1 and m.groups == m.in_channels
-    return type(m)(
+    layer: Callable[..., nn.Module] = type(m)  # Conv1d or Conv2d, whose signatures differ from _ConvNd's
+    return layer(
         _divide(m.in_channels, k, name),
         _divide(m.out_channels, k, name),
         m.kernel_size,
@@ -57,7 +59,8 @@ def _layernorm(m: nn.LayerNorm, k: int, name: str) -> nn.Module:
 
 
 def _rnn(m: nn.RNNBase, k: int, name: str) -> nn.Module:
-    return type(m)(
+    layer: Callable[..., nn.Module] = type(m)  # GRU or LSTM, whose signatures differ from RNNBase's
+    return layer(
         _divide(m.input_size, k, name),
         _divide(m.hidden_size, k, name),
         num_layers=m.num_layers,
@@ -74,7 +77,7 @@ def _prelu(m: nn.PReLU, k: int, name: str) -> nn.Module:
 
 # Layers whose channel counts a narrow copy divides by K; any other layer that owns parameters
 # cannot be narrowed safely, so `narrow` refuses it rather than guessing.
-NARROWERS: dict[type, Callable[[nn.Module, int, str], nn.Module]] = {
+NARROWERS: dict[type, Callable[[Any, int, str], nn.Module]] = {
     nn.Conv1d: _conv,
     nn.Conv2d: _conv,
     nn.Linear: _linear,
@@ -166,6 +169,7 @@ class PartitionFusion(nn.Module):
         # which subset matters for a channel is decided from its time-pooled activation
         pooled = (parts * valid.unsqueeze(1)).sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)  # [B, K, C/K]
         batch, k, width = pooled.shape
+        assert self.score is not None  # built for fusion="pool", the only caller
         scores = self.score(pooled.reshape(batch * k, width, 1)).reshape(batch, k, width, 1)
         summary = (torch.softmax(scores, dim=1) * parts).sum(dim=1)
         return self._project(summary).unsqueeze(1)

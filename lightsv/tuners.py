@@ -59,7 +59,8 @@ def inject(
     for name in names:
         replace_module(model, name, make(name, model.get_submodule(name)))
     if record is not None:
-        model.tuners = [*getattr(model, "tuners", []), record]
+        # a plain attribute, not a submodule: the checkpoint stores it to replay the calls
+        setattr(model, "tuners", [*getattr(model, "tuners", []), record])  # noqa: B010
     return names
 
 

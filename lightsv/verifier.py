@@ -409,7 +409,9 @@ def model_id(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     head = {
         "model": getattr(model, "model_name", type(model).__name__),
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "config": dataclasses.asdict(config)
+        if dataclasses.is_dataclass(config) and not isinstance(config, type)
+        else None,
         "tuners": list(getattr(model, "tuners", [])),
     }
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())

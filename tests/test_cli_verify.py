@@ -3,11 +3,13 @@
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import lightsv
 import lightsv.verifier
+from lightsv import metrics
 from lightsv.calibrate import write_calibration
 from lightsv.cli import main
 from lightsv.verifier import EXAMPLES, example_clips
@@ -126,6 +128,13 @@ def test_score_writes_scores_json_and_det_plot(capsys, model, trials, tmp_path):
     assert len(lines) == 36 and all(len(f) == 4 and f[3] in ("target", "nontarget") for f in lines)
     assert sum(f[3] == "target" for f in lines) == 9 and all(-1 <= float(f[2]) <= 1 for f in lines)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    # the summary is the metrics of the very scores the command wrote (6 decimals there)
+    written = np.array([float(f[2]) for f in lines])
+    labels = np.array([f[3] == "target" for f in lines], dtype=int)
+    assert result["eer"] == pytest.approx(metrics.eer(written, labels), abs=1e-3)
+    assert result["min_dcf"] == pytest.approx(metrics.min_dcf(written, labels, p_target=0.01), abs=1e-4)
+    assert result["min_dcf_005"] == pytest.approx(metrics.min_dcf(written, labels, p_target=0.05), abs=1e-4)
+    assert result["eer_threshold"] == pytest.approx(metrics.eer_threshold(written, labels), abs=1e-5)
     code, out, _ = run(capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model)
     assert code == 0 and "EER" in out and "minDCF" in out and "36 trials" in out
 

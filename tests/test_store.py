@@ -71,6 +71,17 @@ def test_round_trip_append_list_delete_and_reopen(tmp_path):
         assert store.dim == DIM and len(store) == 1 and store.enroll("alice", first) == 3
 
 
+def test_open_store_is_durable_wal_with_full_sync(store_path):
+    # WAL lets readers run beside an enroller; synchronous=FULL (2), not NORMAL (1), keeps the last
+    # commits through a power loss. A file opened again gets the same settings.
+    for _ in range(2):
+        with EnrollmentStore(store_path, model_id=MODEL) as store:
+            conn = store._conn
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
 def test_reenroll_keeps_created_and_moves_updated(store_path):
     with EnrollmentStore(store_path, model_id=MODEL) as store:
         before = store.speakers()[0]

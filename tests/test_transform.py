@@ -37,16 +37,105 @@ def test_variant_keeps_contract_and_trains(name, subsets, share, fusion):
     assert wrapped and all(len(m.blocks) == (1 if share else subsets) for m in wrapped)
 
 
+def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Trained-looking batch-norm statistics and affine weights: a fresh BN (mean 0, var 1, bias 0)
+    maps zeroed padding to zero and hides a missing re-mask."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("fusion", ["sum", "concat", "pool"])
-def test_padding_still_ignored(fusion):
-    model = transform.apply(build_model("amcrn_small"), subsets=4, fusion=fusion).eval()
-    feats = torch.randn(2, 50, 80)
+@pytest.mark.parametrize("name", ["ecapa_tdnn_small", "resnet18", "amcrn_small"])
+def test_padding_is_exact_with_trained_norms(name, fusion, share):
+    torch.manual_seed(0)
+    model = randomise_norms(transform.apply(build_model(name), subsets=4, share=share, fusion=fusion)).eval()
+    feats = torch.randn(3, 50, 80)
     padded = feats.clone()
-    padded[1, 31:] = 50.0
+    padded[1, 31:] = 50.0  # garbage beyond the valid frames must not leak in
+    padded[2, 17:] = -50.0
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(padded, torch.tensor([50, 31]))[1:], model(feats[1:, :31]), rtol=1e-4, atol=1e-4
-        )
+        batch = model(padded, torch.tensor([50, 31, 17]))
+        alone = [model(feats[i : i + 1, :n]) for i, n in enumerate([50, 31, 17])]
+    torch.testing.assert_close(batch, torch.cat(alone), rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_by_hand():
+    """Each fusion on a 2-subset input with identity projections and an identity batch norm."""
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [10.0, 20.0], [30.0, 40.0]]])  # [B=1, C=4, T=2]
+    a, b = x[:, :2], x[:, 2:]  # the two subsets, in channel order
+    mean = (a + b) / 2
+
+    def fusion(kind: str) -> transform.PartitionFusion:
+        f = transform.PartitionFusion(2, subsets=2, fusion=kind).eval()
+        f.norm.running_var.fill_(1 - f.norm.eps)  # BN(y) == y exactly
+        eye = torch.eye(2)[:, :, None]
+        f.proj.weight.data.copy_(torch.cat([eye, 2 * eye], dim=1) if kind == "concat" else eye)
+        if f.score is not None:
+            f.score.weight.data.copy_(eye)
+        return f
+
+    with torch.no_grad():
+        out = fusion("sum")(x)
+        torch.testing.assert_close(out, [a + mean, b + mean])
+        out = fusion("concat")(x)  # proj([subset, mean]) = subset + 2 * mean, added to the subset
+        torch.testing.assert_close(out, [2 * a + 2 * mean, 2 * b + 2 * mean])
+        # pool: per channel, softmax over subsets of the time-averaged value weights the subsets
+        pooled = torch.stack([a.mean(-1), b.mean(-1)])  # [K, B, C/K]
+        w = torch.softmax(pooled, dim=0)[..., None]
+        summary = w[0] * a + w[1] * b
+        out = fusion("pool")(x)
+        torch.testing.assert_close(out, [a + summary, b + summary])
+        mask = torch.tensor([[[1.0, 0.0]]])  # the second frame is padding
+        pooled = torch.stack([a[..., 0], b[..., 0]])
+        w = torch.softmax(pooled, dim=0)[..., None]
+        summary = w[0] * a + w[1] * b
+        out = fusion("pool")(x, mask)
+        torch.testing.assert_close(out, [(a + summary) * mask, (b + summary) * mask])
+
+
+def test_outputs_are_joined_in_subset_order():
+    wrapped = transform.Transformed(nn.Conv1d(4, 4, 1, bias=False), subsets=2, share=False, fusion="sum").eval()
+    wrapped.fusion.proj.weight.data.zero_()  # no fusion: each block sees its own subset
+    wrapped.fusion.norm.running_var.fill_(1 - wrapped.fusion.norm.eps)
+    for k, block in enumerate(wrapped.blocks):
+        block.weight.data.copy_((k + 1) * torch.eye(2)[:, :, None])
+    x = torch.randn(1, 4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), torch.cat([x[:, :2], 2 * x[:, 2:]], dim=1))
+
+
+@pytest.mark.parametrize("fusion", ["sum", "pool"])
+@pytest.mark.parametrize("name", ["ecapa_tdnn_small", "resnet18", "amcrn_small"])
+def test_shared_block_equals_per_subset_blocks_with_the_same_weights(name, fusion):
+    torch.manual_seed(0)
+    shared = randomise_norms(transform.apply(build_model(name), subsets=4, share=True, fusion=fusion)).eval()
+    per_subset = transform.apply(build_model(name), subsets=4, share=False, fusion=fusion).eval()
+    state = shared.state_dict()
+    # every per-subset block gets the shared block's weights; everything else is copied as is
+    copied = {}
+    for key in per_subset.state_dict():
+        parts = key.split(".")
+        if "blocks" in parts:
+            i = len(parts) - 1 - parts[::-1].index("blocks")  # the Transformed wrapper's ModuleList
+            if isinstance(per_subset.get_submodule(".".join(parts[:i])), transform.Transformed):
+                key_shared = ".".join([*parts[: i + 1], "0", *parts[i + 2 :]])
+                copied[key] = state[key_shared]
+                continue
+        copied[key] = state[key]
+    per_subset.load_state_dict(copied)
+    feats = torch.randn(3, 40, 80)
+    lengths = torch.tensor([40, 27, 13])  # padded rows: masks must be tiled per subset
+    with torch.no_grad():
+        torch.testing.assert_close(shared(feats, lengths), per_subset(feats, lengths), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -72,11 +72,17 @@ def test_enroll_appends_and_verify_scores_cosine_to_the_mean(v, clips):
     assert v.delete("alice") == 2 and v.speakers() == []
 
 
-def test_given_threshold_decides(ckpt, clips):
-    with Verifier.load(ckpt, threshold=0.5) as v:
+def test_given_threshold_decides_and_the_boundary_accepts(ckpt, clips):
+    # calibrated thresholds are real trial scores: a trial scoring exactly the threshold is accepted
+    with Verifier.load(ckpt, threshold=0.0) as v:
         v.enroll("bob", clips["ls26"][:2])
-        r = v.verify("bob", clips["ls26"][2])
-        assert r.threshold == 0.5 and r.accept == (r.score >= 0.5)
+        score = v.verify("bob", clips["ls26"][2]).score
+    above, below = float(np.nextafter(score, np.inf)), float(np.nextafter(score, -np.inf))
+    for threshold, accept in [(score, True), (below, True), (above, False), (-1.0, True), (1.5, False)]:
+        with Verifier.load(ckpt, threshold=threshold) as v:
+            v.enroll("bob", clips["ls26"][:2])
+            r = v.verify("bob", clips["ls26"][2])
+            assert (r.score, r.threshold, r.accept) == (score, threshold, accept)
 
 
 def test_asnorm_changes_scores_symmetrically_and_can_be_turned_off(v, clips):
@@ -151,7 +157,7 @@ def test_calibration_is_written_into_the_checkpoint_and_read_as_threshold(ckpt, 
     with Verifier.load(path, db=db) as v:
         assert v.model_id == before and v.threshold == pytest.approx(cal["eer_threshold"])
         r = v.verify("gina", clips["ls19"][2])
-        assert r.accept == (r.score >= r.threshold)
+        assert r.threshold == cal["eer_threshold"] and r.accept is (r.score >= cal["eer_threshold"])
         v.set_cohort(np.eye(v.dim, dtype=np.float32))
         assert v.threshold is None  # a raw-cosine calibration does not apply to AS-norm scores
     with Verifier.load(path, operating_point="far=0.05") as v:

@@ -28,7 +28,7 @@ def build_model(name: str, **options) -> nn.Module:
         model = MODELS[name](**options)
     except TypeError as err:
         raise ConfigError(f"bad options for model {name!r}: {err}") from None
-    model.model_name = name
+    setattr(model, "model_name", name)  # noqa: B010 - a plain attribute on any nn.Module; checkpoints need it
     return model
 
 

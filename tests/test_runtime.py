@@ -20,18 +20,26 @@ onnx = pytest.importorskip("onnx")
 from lightsv.runtime import DEFAULT_ONNX, DEFAULT_ONNX_INT8, OnnxModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK_TORCH = """
-import sys
 
-class _NoTorch:
-    # Makes `import torch` fail the way it does where torch is not installed.
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-        return None
 
-sys.meta_path.insert(0, _NoTorch())
-"""
+def blocker(module: str) -> str:
+    """A sitecustomize.py that makes `import <module>` fail the way it does where it is not installed."""
+    return textwrap.dedent(
+        f"""
+        import sys
+
+        class _Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name == {module!r} or name.startswith({module + "."!r}):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+                return None
+
+        sys.meta_path.insert(0, _Blocked())
+        """
+    )
+
+
+BLOCK_TORCH = blocker("torch")
 
 
 def run(args, env_dir=None, **kwargs) -> subprocess.CompletedProcess:
@@ -187,3 +195,10 @@ def test_torch_only_commands_say_so_in_one_line_without_torch(no_torch):
     for args in (["train", "recipes/voxceleb/conf/default.yaml"], ["export", "--out", "x.onnx"], ["profile"]):
         out = run(["-m", "lightsv", *args], no_torch)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "needs torch" in out.stderr, out.stderr
+
+
+def test_export_without_its_extra_names_the_extra(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(blocker("onnxscript"))
+    out = run(["-m", "lightsv", "export", "--out", str(tmp_path / "m.onnx")], tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "lightsv[export]" in out.stderr and "onnxscript" in out.stderr

@@ -80,7 +80,13 @@ def require(*modules: str) -> None:
     """Raise a one-line ExportError naming the extra to install when an export dependency is missing."""
     import importlib.util
 
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ImportError:  # an import hook that refuses it
+            return True
+
+    missing = [m for m in modules if absent(m)]
     if missing:
         raise ExportError(
             f"exporting to ONNX needs {', '.join(missing)}: pip install -c constraints.txt 'lightsv[export]'"

@@ -55,6 +55,21 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
+def interleaved_ms(fns: list, repeats: int, warmup: int = 3) -> list[float]:
+    """Median ms of each function, timed round-robin (one call of each per round), so that the load of a
+    shared machine, which drifts over minutes, weighs on every system alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in tqdm(range(repeats), desc="timing", file=sys.stderr, leave=False):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [1000 * statistics.median(t) for t in times]
+
+
 def sgemm_macs_per_second() -> float:
     """Single-core float32 matmul rate (MACs/s) of torch's BLAS on a 256 x 256 x 256 product."""
     torch.set_num_threads(1)
@@ -163,6 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-eer", action="store_true", help="skip the int8 EER on trials_dev.txt")
+    parser.add_argument("--backbones", nargs="*", default=BACKBONES, help="untrained backbones to time in ORT")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
@@ -172,13 +188,14 @@ def main(argv=None) -> int:
     model, extra = lightsv.load_model(DEFAULT_MODEL, return_extra=True)
     front_macs, model_macs = waveform_macs(model, clip)
 
-    def add(system: str, ms: float, size: int | None = None, macs: int | None = None, **more) -> None:
-        row = {"system": system, "latency_ms": ms, "rtf": ms / 1000 / SECONDS, "size_bytes": size}
+    timed: list = []  # (row, fn): timed together at the end, round-robin, so load changes hit all alike
+
+    def add(system: str, fn, size: int | None = None, macs: int | None = None) -> None:
+        row: dict = {"system": system, "size_bytes": size}
         if macs:
             row["macs_per_clip"] = macs
             row["mac_limit_ms"] = 1000 * macs / sgemm
-            row["x_mac_limit"] = ms / row["mac_limit_ms"]
-        rows.append({**row, **more})
+        timed.append((row, fn))
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -186,7 +203,7 @@ def main(argv=None) -> int:
         v = Verifier.load(backend="torch", threads=1)
         add(
             "default model, torch",
-            median_ms(lambda: v.embed(clip, sample_rate=16000), args.repeats),
+            lambda: v.embed(clip, sample_rate=16000),
             DEFAULT_MODEL.stat().st_size,
             front_macs + model_macs,
         )
@@ -195,23 +212,24 @@ def main(argv=None) -> int:
             m = ort_session(path)
             add(
                 f"default model, {name}",
-                median_ms(lambda m=m: m.embed([clip]), args.repeats),
+                lambda m=m: m.embed([clip]),
                 path.stat().st_size,
                 front_macs + model_macs,
             )
         steps.update()
         fft = export_checkpoint(None, tmp / "fft.onnx", config=ExportConfig(frontend="fft"))
-        m = ort_session(fft)
+        fft_model = ort_session(fft)
         add(
             "default model, ORT fp32, FFT front-end",
-            median_ms(lambda: m.embed([clip]), args.repeats),
+            lambda: fft_model.embed([clip]),
             fft.stat().st_size,
             model_macs,
         )
         steps.update()
-        rows.extend(sherpa_row(tmp, clip, args.repeats, front_macs + model_macs, sgemm))
+        for system, fn, size in sherpa_row(tmp, clip):
+            add(system, fn, size, front_macs + model_macs)
         steps.update()
-        for name in BACKBONES:
+        for name in args.backbones:
             for subsets in (None, 4):
                 torch.manual_seed(0)
                 net = lightsv.build_model(name)
@@ -222,12 +240,18 @@ def main(argv=None) -> int:
                 f, mm = waveform_macs(net, clip)
                 add(
                     f"{name}{' K=4' if subsets else ''} (untrained), ORT fp32",
-                    median_ms(lambda m=m: m.embed([clip]), args.repeats),
+                    lambda m=m: m.embed([clip]),
                     path.stat().st_size,
                     f + mm,
                 )
         steps.update()
-        rows.extend(peer_rows(clip, args.repeats))
+        for system, fn in peer_rows(clip):
+            add(system, fn)
+        for row, ms in zip((r for r, _ in timed), interleaved_ms([fn for _, fn in timed], args.repeats), strict=True):
+            row.update(latency_ms=ms, rtf=ms / 1000 / SECONDS)
+            if "mac_limit_ms" in row:
+                row["x_mac_limit"] = ms / row["mac_limit_ms"]
+            rows.append(row)
         steps.update()
         cold = cold_start(tmp)
         steps.update()
@@ -271,7 +295,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def sherpa_row(tmp: Path, clip: np.ndarray, repeats: int, macs: int, sgemm: float) -> list[dict]:
+def sherpa_row(tmp: Path, clip: np.ndarray) -> list[tuple]:
     try:
         import sherpa_onnx
     except ImportError:
@@ -288,29 +312,16 @@ def sherpa_row(tmp: Path, clip: np.ndarray, repeats: int, macs: int, sgemm: floa
         stream.input_finished()
         return extractor.compute(stream)
 
-    ms = median_ms(run, repeats)
-    limit = 1000 * macs / sgemm
-    return [
-        {
-            "system": "default model, sherpa-onnx (its own fbank)",
-            "latency_ms": ms,
-            "rtf": ms / 1000 / SECONDS,
-            "size_bytes": path.stat().st_size,
-            "macs_per_clip": macs,
-            "mac_limit_ms": limit,
-            "x_mac_limit": ms / limit,
-        }
-    ]
+    return [("default model, sherpa-onnx (its own fbank)", run, path.stat().st_size)]
 
 
-def peer_rows(clip: np.ndarray, repeats: int) -> list[dict]:
-    rows = []
+def peer_rows(clip: np.ndarray) -> list[tuple]:
+    rows: list[tuple] = []
     try:
         from resemblyzer import VoiceEncoder
 
         encoder = VoiceEncoder("cpu", verbose=False)
-        ms = median_ms(lambda: encoder.embed_utterance(clip), repeats)
-        rows.append({"system": "resemblyzer (pretrained), torch", "latency_ms": ms, "rtf": ms / 1000 / SECONDS})
+        rows.append(("resemblyzer (pretrained), torch", lambda: encoder.embed_utterance(clip)))
     except ImportError:
         print("resemblyzer not installed (python -m lightsv.extras teacher): no row", file=sys.stderr)
     try:
@@ -325,14 +336,7 @@ def peer_rows(clip: np.ndarray, repeats: int) -> list[dict]:
                 feats = kaldi.fbank(wav * 32768, num_mel_bins=80)[None]
                 return net(feats - feats.mean(1, keepdim=True))
 
-        ms = median_ms(run, repeats)
-        rows.append(
-            {
-                "system": "speechbrain ECAPA-TDNN c1024 (random weights), torch",
-                "latency_ms": ms,
-                "rtf": ms / 1000 / SECONDS,
-            }
-        )
+        rows.append(("speechbrain ECAPA-TDNN c1024 (random weights), torch", run))
     except ImportError:
         print("speechbrain not installed (python -m lightsv.extras speechbrain): no row", file=sys.stderr)
     return rows
@@ -344,7 +348,8 @@ def markdown(rows: list[dict], cold: list[dict], load_rows: list[dict], meta: di
     lines = [
         f"Written by `{meta['command']}` (load average {meta['load_average_at_start']:.1f} at start, "
         f"{meta['cpu_count']} CPUs; {meta['note']}).",
-        f"Waveform -> embedding, one {meta['clip_seconds']:g} s clip, batch 1, 1 thread, median ms. "
+        f"Waveform -> embedding, one {meta['clip_seconds']:g} s clip, batch 1, 1 thread, median ms "
+        "(all systems timed round-robin in the same rounds). "
         f"MAC limit: multiply-adds at the single-core sgemm rate measured here "
         f"({meta['sgemm_gmacs_per_s']:.1f} G MACs/s); default model: "
         f"{meta['default_front_end_macs'] / 1e6:.1f} M MACs front-end + "

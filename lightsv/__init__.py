@@ -13,6 +13,7 @@ from lightsv.errors import (
     LightsvError,
     ScoresError,
     StoreError,
+    ThresholdError,
     UnknownSpeakerError,
 )
 from lightsv.verifier import Verifier
@@ -49,6 +50,7 @@ __all__ = [
     "LightsvError",
     "ScoresError",
     "StoreError",
+    "ThresholdError",
     "UnknownSpeakerError",
     "MODELS",
     "Verifier",

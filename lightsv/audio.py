@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +39,7 @@ _MAGIC = (
     b"caff",
     b"NIST",
 )
+_CORRUPT = "corrupt or truncated audio header"
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 
@@ -53,7 +55,10 @@ def info(path: str | os.PathLike) -> sf._SoundFileInfo:
     try:
         return sf.info(os.fspath(path))
     except Exception as exc:
-        raise AudioError(f"{name}: {_open_problem(path)} ({_short(exc)})") from exc
+        problem = _open_problem(path)
+        # libsndfile's own words add something only for a file that looks like audio.
+        detail = f" ({_short(exc)})" if problem == _CORRUPT else ""
+        raise AudioError(f"{name}: {problem}{detail}") from exc
 
 
 def load(
@@ -72,6 +77,7 @@ def load(
         if sample_rate is not None and _rate(sample_rate, name) != meta.samplerate:
             raise AudioError(f"{name}: sample rate is {meta.samplerate} Hz, expected {sample_rate} Hz")
         rate = meta.samplerate
+        _check_truncation(source, meta, name)
         _check_duration(meta.frames, rate, name, min_seconds, max_seconds)
         try:
             # frames= caps the read, in case the header under-reports the length.
@@ -79,6 +85,8 @@ def load(
             x, _ = sf.read(os.fspath(source), dtype="float32", always_2d=True, frames=cap)
         except Exception as exc:
             raise AudioError(f"{name}: cannot decode audio ({_short(exc)})") from exc
+        if len(x) < meta.frames and (cap < 0 or len(x) < cap):
+            _truncated(name, meta.frames, len(x), rate)
         x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     else:
         name, x = _as_array(source)
@@ -146,6 +154,53 @@ def _check_duration(frames: int, rate: int, name: str, min_seconds: float, max_s
         raise AudioError(f"{name}: {seconds:.3f} s is shorter than the minimum of {min_seconds:g} s")
 
 
+def _check_truncation(path, meta: sf._SoundFileInfo, name: str) -> None:
+    """Refuse a WAV whose data chunk is shorter than its header declares.
+
+    libsndfile quietly clamps such a file's frame count to the bytes present, so a file cut short
+    (an interrupted copy or download) would otherwise be used as if it were whole.
+    """
+    declared = _wav_declared_frames(path)
+    # With nothing at all after the header, "contains no samples" says it more plainly.
+    if declared is not None and declared > meta.frames > 0:
+        _truncated(name, declared, meta.frames, meta.samplerate)
+
+
+def _truncated(name: str, declared: int, present: int, rate: int) -> None:
+    raise AudioError(f"{name}: truncated: header says {declared / rate:.2f} s, file holds {present / rate:.2f} s")
+
+
+def _wav_declared_frames(path) -> int | None:
+    """Frames the RIFF/RIFX header's data chunk declares, or None (not a WAV, or a streamed length)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order: Literal["little", "big"] = "little" if head[:4] == b"RIFF" else "big"
+            block_align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], int.from_bytes(chunk[4:], order)
+                if kind == b"fmt ":
+                    fmt = f.read(size)
+                    if len(fmt) < 14:
+                        return None
+                    block_align = int.from_bytes(fmt[12:14], order)
+                    f.seek(size % 2, os.SEEK_CUR)  # chunks are padded to an even size
+                elif kind == b"data":
+                    # 0 and 0xFFFFFFFF mark a length left unknown by a streaming writer.
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
 def _open_problem(path) -> str:
     try:
         with open(path, "rb") as f:
@@ -153,7 +208,7 @@ def _open_problem(path) -> str:
     except OSError as exc:
         return f"cannot read file: {exc.strerror}"
     if head.startswith(_MAGIC):
-        return "corrupt or truncated audio header"
+        return _CORRUPT
     return "not an audio file (format not recognised)"
 
 

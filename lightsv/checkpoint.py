@@ -71,6 +71,8 @@ def write_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict at `path`, validated; raises CheckpointError for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

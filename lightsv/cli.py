@@ -31,7 +31,13 @@ def _models():
 
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: all registered)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="registered model names or checkpoint files (.pt; profiled as they are, without --subsets variants); "
+        "default: every registered model",
+    )
     parser.add_argument(
         "--subsets",
         nargs="*",
@@ -54,14 +60,26 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {args.seconds}")
+    from pathlib import Path
+
+    from lightsv.profile import profile_checkpoint
+
     known = _models().MODELS
     names = args.models or list(known)
-    unknown = [n for n in names if n not in known]
+    checkpoints = {n for n in names if n not in known and (Path(n).exists() or n.endswith(".pt"))}
+    unknown = [n for n in names if n not in known and n not in checkpoints]
     if unknown:
-        raise ConfigError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(sorted(known))} "
+            "(or give a checkpoint file)"
+        )
     variants = [{"subsets": k, "share": args.share, "fusion": args.fusion} for k in args.subsets]
+    options = dict(seconds=args.seconds, batch=args.batch, threads=args.threads, repeats=args.repeats)
     rows = []
     for name in names:
+        if name in checkpoints:
+            rows.append(profile_checkpoint(name, **options))
+            continue
         rows += profile_variants(
             name,
             variants,
@@ -85,6 +103,20 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "auto: onnx for an .onnx model or without torch, else torch (default: auto)",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for embedding (default: 1)")
+    parser.add_argument(
+        "--no-vad", dest="vad", action="store_false", help="embed clips whole, without trimming them to their speech"
+    )
+
+
+def _add_decision(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, metavar="T", help="accept when score >= T (overrides the model's)")
+    group.add_argument(
+        "--operating-point", metavar="OP", help="the model's calibrated threshold to use: eer (default) or far=RATE"
+    )
+    parser.add_argument(
+        "--exit-code", action="store_true", help="exit 1 on reject (0 on accept), for shell scripts that gate on it"
+    )
 
 
 def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
@@ -96,7 +128,33 @@ def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
 def _verifier(args: argparse.Namespace, db=None):
     from lightsv.verifier import Verifier
 
-    return Verifier.load(args.model, db=db, backend=args.backend, threads=args.threads)
+    return Verifier.load(
+        args.model,
+        db=db,
+        vad=getattr(args, "vad", True),
+        threshold=getattr(args, "threshold", None),
+        operating_point=getattr(args, "operating_point", None),
+        backend=getattr(args, "backend", "auto"),
+        threads=getattr(args, "threads", None),
+    )
+
+
+def _writable(*paths: str | None) -> None:
+    """Refuse output paths that cannot be written, before any work is done for them."""
+    import os
+    from pathlib import Path
+
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(path)
+        parent = target.parent if str(target.parent) else Path(".")
+        if target.is_dir():
+            raise LightsvError(f"cannot write {path}: is a directory")
+        if not parent.is_dir():
+            raise LightsvError(f"cannot write {path}: folder {parent} does not exist")
+        if not os.access(target if target.exists() else parent, os.W_OK):
+            raise LightsvError(f"cannot write {path}: permission denied")
 
 
 def _existing_db(path: str) -> str:
@@ -178,16 +236,21 @@ def _add_enroll(parser: argparse.ArgumentParser) -> None:
 
 def _run_enroll(args: argparse.Namespace) -> int:
     with _verifier(args, db=args.db) as v:
-        total = v.enroll(args.name, args.clips)
-    result = {"speaker": args.name, "added": len(args.clips), "total": total}
-    print(
-        json.dumps(result) if args.json else f"enrolled {args.name}: {len(args.clips)} clip(s) added, {total} in total"
-    )
+        done = v.enroll(args.name, args.clips)
+    skipped = [args.clips[i] for i in done.skipped]
+    if args.json:
+        print(json.dumps({"speaker": args.name, "added": done.added, "skipped": skipped, "total": done.total}))
+    else:
+        line = f"enrolled {args.name}: {done.added} clip(s) added, {done.total} in total"
+        if skipped:
+            line += f"; skipped {len(skipped)} already enrolled: {', '.join(skipped)}"
+        print(line)
     return 0
 
 
 def _add_verify(parser: argparse.ArgumentParser) -> None:
     _add_db(parser, "print the result as JSON")
+    _add_decision(parser)
     parser.add_argument("name", metavar="NAME", help="enrolled speaker")
     parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
 
@@ -198,13 +261,35 @@ def _run_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
-        decision = {None: "no threshold (uncalibrated model)", True: "accept", False: "reject"}[r.accept]
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {_cell(r.threshold)}: {decision}")
-    return 0
+        decision = "accept" if r.accept else "reject"
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}: {decision}")
+    return 1 if args.exit_code and not r.accept else 0
+
+
+def _add_identify(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser, "print the result as JSON")
+    _add_decision(parser)
+    parser.add_argument("clip", metavar="CLIP", help="audio file of an unknown speaker")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="best matches to show (default: 5)")
+
+
+def _run_identify(args: argparse.Namespace) -> int:
+    with _verifier(args, db=_existing_db(args.db)) as v:
+        r = v.identify(args.clip, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({**r.as_dict(), "clip": args.clip}))
+    elif r.speaker is None:
+        print(f"{args.clip}: nobody is enrolled in {args.db}")
+    else:
+        print(_table(["rank", "speaker", "score"], [[i + 1, n, s] for i, (n, s) in enumerate(r.candidates)]))
+        decision = "accept" if r.accept else "reject (no enrolled speaker matches)"
+        print(f"best: {r.speaker}, score {r.score:.4f}, threshold {r.threshold:.4f}: {decision}")
+    return 1 if args.exit_code and not r.accept else 0
 
 
 def _add_list(parser: argparse.ArgumentParser) -> None:
     _add_db(parser, "print a JSON list of speakers")
+    parser.add_argument("--sources", action="store_true", help="also list where each enrolled clip came from")
 
 
 def _store(args: argparse.Namespace):
@@ -218,15 +303,17 @@ def _store(args: argparse.Namespace):
 
 def _run_list(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        speakers = store.speakers()
+        speakers = store.speakers(sources=args.sources)
     if args.json:
         print(json.dumps(speakers, indent=2))
+    elif not speakers:
+        print("no speakers enrolled")
     else:
-        print(
-            _table(["speaker", "clips", "updated"], [[s["name"], s["count"], s["updated"]] for s in speakers])
-            if speakers
-            else "no speakers enrolled"
-        )
+        print(_table(["speaker", "clips", "updated"], [[s["name"], s["count"], s["updated"]] for s in speakers]))
+        if args.sources:
+            for s in speakers:
+                print(f"{s['name']}: {', '.join('-' if src is None else src for src in s['sources'])}")
+        print(f"{len(speakers)} speaker(s), {sum(s['count'] for s in speakers)} clip(s)")
     return 0
 
 
@@ -257,6 +344,12 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", help="write '<enroll> <test> <score> <target|nontarget>' lines")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
     parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="score the trials whose clips can be used and report the clips dropped (default: refuse the list, "
+        "naming every bad clip)",
+    )
+    parser.add_argument(
         "--calibrate",
         metavar="OUT",
         help="write a copy of the model (OUT may be the model itself) "
@@ -264,7 +357,29 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _embed_all(v, root, files: list[str], batch_size: int) -> tuple[dict, dict[str, str]]:
+    """Embeddings of every usable file and {file: problem} for the rest; a batch with a bad clip is
+    redone clip by clip, so one bad file costs one batch, not the list."""
+    from lightsv.errors import AudioError
+
+    emb: dict[str, object] = {}
+    bad: dict[str, str] = {}
+    step = batch_size * 8
+    for start in _progress(list(range(0, len(files), step)), desc="embedding"):
+        chunk = files[start : start + step]
+        try:
+            emb.update(zip(chunk, v.embed_many([root / f for f in chunk], batch_size=batch_size), strict=True))
+        except AudioError:
+            for f in chunk:
+                try:
+                    emb[f] = v.embed(root / f)
+                except AudioError as err:
+                    bad[f] = str(err)
+    return emb, bad
+
+
 def _run_score(args: argparse.Namespace) -> int:
+    import warnings
     from pathlib import Path
 
     import numpy as np
@@ -272,12 +387,12 @@ def _run_score(args: argparse.Namespace) -> int:
     from lightsv import metrics
     from lightsv.trials import read_trials
 
+    _writable(args.out, args.plot, args.calibrate)
     trials = read_trials(args.trials)
-    labels, pairs = np.array([t.label for t in trials]), [(t.enroll, t.test) for t in trials]
     root = Path(args.wav_root)
-    files = sorted({p for pair in pairs for p in pair})
+    files = sorted({p for t in trials for p in (t.enroll, t.test)})
     missing = [f for f in files if not (root / f).is_file()]
-    if missing:
+    if missing and not args.skip_bad:
         raise LightsvError(
             f"{len(missing)} of {len(files)} files in {args.trials} are missing under {root}: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
@@ -285,7 +400,21 @@ def _run_score(args: argparse.Namespace) -> int:
     v = _verifier(args)
     if args.calibrate and v.model is None:
         raise ConfigError("--calibrate writes a calibrated checkpoint: score a .pt model on the torch backend")
-    emb = dict(zip(files, v.embed_many([root / f for f in files], batch_size=args.batch_size), strict=True))
+    emb, bad = _embed_all(v, root, [f for f in files if f not in set(missing)], args.batch_size)
+    bad.update({f: f"{root / f}: no such file" for f in missing})
+    if bad and not args.skip_bad:
+        raise LightsvError(
+            f"{len(bad)} of {len(files)} clips in {args.trials} cannot be used (--skip-bad scores the rest): "
+            + "; ".join(bad[f] for f in sorted(bad))
+        )
+    kept = [t for t in trials if t.enroll not in bad and t.test not in bad]
+    if bad:
+        print(
+            f"{PROG}: skipped {len(bad)} bad clip(s) and the {len(trials) - len(kept)} trial(s) using them: "
+            + "; ".join(bad[f] for f in sorted(bad)),
+            file=sys.stderr,
+        )
+    labels, pairs = np.array([t.label for t in kept]), [(t.enroll, t.test) for t in kept]
     scores = np.array([float(emb[e] @ emb[t]) for e, t in pairs])
     result = {
         "eer": metrics.eer(scores, labels),
@@ -294,7 +423,9 @@ def _run_score(args: argparse.Namespace) -> int:
         "eer_threshold": metrics.eer_threshold(scores, labels),
         "n_target": int(labels.sum()),
         "n_nontarget": int(len(labels) - labels.sum()),
-        "n_files": len(files),
+        "n_files": len(files) - len(bad),
+        "skipped_clips": sorted(bad),
+        "skipped_trials": len(trials) - len(kept),
         "model_id": v.model_id,
     }
     try:
@@ -306,9 +437,21 @@ def _run_score(args: argparse.Namespace) -> int:
                 )
             )
         if args.calibrate:
-            from lightsv.calibrate import calibration, write_calibration
+            from lightsv.calibrate import DEFAULT_FARS, calibration, resolvable, write_calibration
 
-            write_calibration(v.source, calibration(scores, labels, trials=Path(args.trials).name), out=args.calibrate)
+            fars = [far for far in DEFAULT_FARS if resolvable(far, result["n_nontarget"])]
+            for far in sorted(set(DEFAULT_FARS) - set(fars)):
+                print(
+                    f"{PROG}: warning: no threshold at far={far:g}: {result['n_nontarget']} non-target trials "
+                    f"cannot resolve it (that needs {int(np.ceil(1 / far))})",
+                    file=sys.stderr,
+                )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                cal = calibration(scores, labels, fars=fars, trials=Path(args.trials).name)
+            for warning in caught:
+                print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
+            write_calibration(v.source, cal, out=args.calibrate)
         if args.plot:
             from lightsv.plots import det_plot
 
@@ -320,7 +463,7 @@ def _run_score(args: argparse.Namespace) -> int:
     else:
         print(
             f"{len(labels)} trials ({result['n_target']} target, {result['n_nontarget']} non-target), "
-            f"{len(files)} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
+            f"{result['n_files']} files\nEER {result['eer']:.2f} % (threshold {result['eer_threshold']:.4f})\n"
             f"minDCF {result['min_dcf']:.4f} (p_target 0.01), {result['min_dcf_005']:.4f} (p_target 0.05)"
         )
     return 0
@@ -376,6 +519,7 @@ COMMANDS = {
     ),
     "enroll": ("add clips of a speaker to an enrollment database", _add_enroll, _run_enroll),
     "verify": ("score a clip against an enrolled speaker and decide", _add_verify, _run_verify),
+    "identify": ("the enrolled speakers best matching a clip; does the best pass", _add_identify, _run_identify),
     "list": ("list the speakers of an enrollment database", _add_list, _run_list),
     "delete": ("remove a speaker from an enrollment database", _add_delete, _run_delete),
     "score": (
@@ -394,12 +538,22 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Lightweight on-device speaker verification.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
         sub.set_defaults(run=run)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightsv")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
 
 
 def _fail(message: str) -> int:
@@ -412,11 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        sys.stdout.flush()
     except SystemExit as exit_:
         # argparse has already printed usage or help; hand back its code instead of exiting.
         return exit_.code if isinstance(exit_.code, int) else 2
+    except BrokenPipeError:  # help or version into a closed pipe
+        return _closed_pipe()
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows up here for output still in the buffer
+        return code
     except USER_ERRORS as err:
         return _fail(str(err))
     except ModuleNotFoundError as err:
@@ -432,3 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"'{PROG} {args.command}' needs {err.name}, which is not installed here: pip install {err.name}")
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`| head`): stop quietly, as cat and grep do."""
+    import os
+
+    # Python would flush stdout again at exit and report the broken pipe there; point it at devnull.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a process killed by the closed pipe reports

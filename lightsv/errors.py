@@ -27,3 +27,8 @@ class StoreError(LightsvError):
 
 class UnknownSpeakerError(LightsvError, LookupError):
     """A speaker name that is not enrolled."""
+
+
+class ThresholdError(LightsvError, ValueError):
+    """A decision asked for where there is no threshold for the scores (uncalibrated model, or a cohort
+    set on a model calibrated for raw cosines)."""

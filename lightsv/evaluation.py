@@ -39,10 +39,7 @@ def extract(
     mine = paths[ctx.rank :: ctx.world]
     wavs = {}
     for p in mine:
-        wav = load(p, min_seconds=0.0)[: int(max_seconds * SAMPLE_RATE)]
-        if len(wav) < SAMPLE_RATE // 2:  # too few frames for statistics pooling: repeat
-            wav = np.resize(wav, SAMPLE_RATE // 2)
-        wavs[p] = wav
+        wavs[p] = load(p, min_seconds=0.0)[: int(max_seconds * SAMPLE_RATE)]  # embed_batch repeats short ones
     order = sorted(mine, key=lambda p: len(wavs[p]))
     batches: list[list[str]] = []
     current: list[str] = []

@@ -1,6 +1,12 @@
 """Cost of a speaker model on CPU: parameters, MACs per second of audio, peak memory and latency.
 
 Everything runs on CPU, the on-device target, with log-mel input at 100 frames per second.
+
+MACs are counted one way everywhere (torch's FlopCounterMode, flops / 2, plus fused LSTM layers):
+``macs_per_second`` is the network on log-mel features, ``fbank_macs_per_second`` the filterbank that
+makes them from the waveform (its DFT and mel projection are matrix products, counted the same way),
+and ``total_macs_per_second`` their sum, waveform to embedding: the figure the README's model tables
+give (``benchmarks/default_model.py`` counts the same total on a real clip).
 """
 
 import contextlib
@@ -39,6 +45,18 @@ def _rnn_layer_flops(input_shape, weight_ih_shape, weight_hh_shape, *args, out_s
 
 # Only ops that flop_counter lacks (nn.GRU and nn.RNN decompose into addmm, which it counts).
 EXTRA_FLOP_FORMULAS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops}
+
+
+def fbank_macs(seconds: float, n_mels: int = 80) -> int:
+    """MACs of the Kaldi-style filterbank (lightsv.features.Fbank) over ``seconds`` of 16 kHz audio."""
+    from lightsv.features import Fbank, FbankConfig
+
+    fbank = Fbank(FbankConfig(n_mels=n_mels))
+    wav = torch.randn(1, max(fbank.config.win_length, round(seconds * fbank.config.sample_rate)))
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    with torch.no_grad(), counter:
+        fbank(wav)
+    return counter.get_total_flops() // 2
 
 
 def count_macs(model: nn.Module, feats: torch.Tensor) -> tuple[int, dict[str, int]]:
@@ -169,6 +187,8 @@ def profile(
         torch's FlopCounterMode (flops / 2: matmuls and convolutions, plus fused CPU LSTM layers
         via EXTRA_FLOP_FORMULAS; element-wise ops, norms and activations are not counted).
       macs_by_module: the same per direct child of the model (children that hold MACs).
+      fbank_macs_per_second, total_macs_per_second: the filterbank making the model's features from
+        the waveform, counted the same way, and the sum (waveform to embedding).
       peak_memory_inference_bytes: peak live tensor storage of a no-grad forward in eval mode,
         beyond the model's parameters, buffers and input: activations and temporaries.
       peak_memory_train_bytes: the same for one training step in train mode with a fresh
@@ -206,6 +226,8 @@ def profile(
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "macs_per_second": macs / seconds,
         "macs_by_module": {name: n / seconds for name, n in macs_by_module.items()},
+        "fbank_macs_per_second": fbank_macs(seconds, feat_dim) / seconds,
+        "total_macs_per_second": (macs + fbank_macs(seconds, feat_dim)) / seconds,
         "peak_memory_inference_bytes": peak_inference,
         "peak_memory_train_bytes": peak_train,
         "train_batch": train_batch,
@@ -285,15 +307,30 @@ def profile_variants(name: str, variants: list[dict], progress=iter, **options) 
     return rows
 
 
+def profile_checkpoint(path, **options) -> dict:
+    """profile() of the model in a checkpoint file, as a table row named after the file."""
+    from pathlib import Path
+
+    from lightsv.checkpoint import load_model
+
+    model = load_model(path)
+    name = getattr(model, "model_name", type(model).__name__)
+    return {"name": Path(path).name, "model": name, "checkpoint": str(path), **profile(model, **options)}
+
+
 def profile_table(rows: list[dict], baseline: dict | None = None) -> str:
-    """A fixed-width table of profile() results; each row also needs a "name".
+    """A fixed-width table of profile() results; each row also needs a "name". "M MACs/s" is the
+    network on features, "+fbank" the filterbank before it (see the module docstring).
 
     The ratio columns show a row's own params_ratio / macs_ratio / latency_ratio if it has them,
     otherwise the ratio to `baseline` (a row), and are left out when no row has either.
     """
     with_ratios = baseline is not None or any("params_ratio" in r or "macs_ratio" in r for r in rows)
     width = max([len("model"), *(len(str(r["name"])) for r in rows)])
-    header = f"{'model':<{width}} {'params':>12} {'M MACs/s':>10} {'inf MB':>8} {'train MB':>9} {'latency ms':>10}"
+    header = (
+        f"{'model':<{width}} {'params':>12} {'M MACs/s':>10} {'+fbank':>7} {'inf MB':>8} {'train MB':>9} "
+        f"{'latency ms':>10}"
+    )
     if with_ratios:
         header += f" {'params x':>8} {'MACs x':>7} {'latency x':>9}"
     lines = [header, "-" * len(header)]
@@ -301,6 +338,7 @@ def profile_table(rows: list[dict], baseline: dict | None = None) -> str:
         inference, train = r.get("peak_memory_inference_bytes"), r.get("peak_memory_train_bytes")
         line = (
             f"{r['name']:<{width}} {r['params']:>12,} {r['macs_per_second'] / 1e6:>10.1f} "
+            f"{_fmt(None if 'fbank_macs_per_second' not in r else r['fbank_macs_per_second'] / 1e6, '.1f'):>7} "
             f"{_fmt(None if inference is None else inference / MB, '.2f'):>8} "
             f"{_fmt(None if train is None else train / MB, '.2f'):>9} {r['latency_ms']:>10.2f}"
         )

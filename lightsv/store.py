@@ -3,6 +3,7 @@
     with EnrollmentStore("enroll.db", model_id="sha256:...", dim=192) as store:
         store.enroll("alice", embeddings)        # [N, D] float32, appended in one transaction
         store.embeddings("alice")                # [N, D] float32 in enrollment order
+        store.mean("alice")                      # [D] unit-length mean, kept up to date by each enrollment
 
 Embeddings from different models live in different spaces, so a store records the model that made
 it and refuses to mix: opening it with another `model_id` (or `dim`) raises StoreError, while
@@ -12,6 +13,14 @@ Durability: WAL journal with `synchronous=FULL` and one `BEGIN IMMEDIATE` transa
 enrollment, so a killed process leaves each enrollment either whole or absent, and concurrent
 writers wait for each other (up to `timeout` seconds) instead of failing.
 
+Each enrollment also keeps the speaker's unit-length mean embedding (table `means`, what
+verification and identification score against, so neither re-reads every embedding) and logs the
+speaker in `changes`, whose last row number is the store's `generation`: a search index built at one
+generation catches up by replaying the changes after it (:mod:`lightsv.search`). Rows carry a hash of
+the clip's samples (`sample_hash`), so an exact duplicate of a clip already enrolled for the speaker
+is skipped and reported. Stores of schema version 1 (no hashes, means or changes) are migrated in one
+transaction when opened; their rows are kept as they are.
+
 An existing 0-byte file is initialised as a new store when it is writable: it holds nothing to lose,
 and it is what `touch`, `mkstemp` or a crash before the first commit leaves behind.
 """
@@ -19,6 +28,7 @@ and it is what `touch`, `mkstemp` or a crash before the first commit leaves behi
 import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,10 +37,12 @@ import numpy as np
 from lightsv.errors import StoreError, UnknownSpeakerError
 
 FORMAT = "lightsv-enrollment"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Longest speaker name accepted, in characters.
+MAX_NAME_LENGTH = 256
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE speakers (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created TEXT NOT NULL, updated TEXT NOT NULL);
@@ -41,6 +53,29 @@ CREATE TABLE embeddings (
     dim INTEGER NOT NULL, created TEXT NOT NULL, source TEXT);
 CREATE INDEX embeddings_by_speaker ON embeddings(speaker_id, id);
 """
+# Version 2: clip hashes (duplicate detection), kept means and the change log.
+ADDED_IN_V2 = """
+ALTER TABLE embeddings ADD COLUMN sample_hash TEXT;
+CREATE INDEX embeddings_by_hash ON embeddings(speaker_id, sample_hash);
+CREATE TABLE means (
+    speaker_id INTEGER PRIMARY KEY REFERENCES speakers(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL);  -- float32 unit-length mean of the speaker's embeddings
+CREATE TABLE changes (generation INTEGER PRIMARY KEY, speaker_id INTEGER NOT NULL);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.split(";") if s.strip()]
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What one enrollment did: rows ``added``, ``skipped`` (indices of exact duplicates), speaker's ``total``."""
+
+    speaker: str
+    added: int
+    skipped: list[int]
+    total: int
 
 
 class InvalidEnrollmentError(StoreError, ValueError):
@@ -97,6 +132,8 @@ class EnrollmentStore:
                 problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
                 if problems != ["ok"]:
                     raise StoreError(f"{self.path}: database is corrupt ({'; '.join(problems)[:300]})")
+                if meta["schema_version"] == "1":
+                    self._migrate()
         except BaseException:
             self.close()
             raise
@@ -118,9 +155,9 @@ class EnrollmentStore:
         if not head:
             wal = Path(f"{self.path}-wal")
             if not creating:
+                # Said for the command line too: enrolling (with a model) is what initialises it.
                 raise StoreError(
-                    f"{self.path}: empty file, not an enrollment database "
-                    "(open it with model_id and dim to initialise it)"
+                    f"{self.path}: empty file, not an enrollment database yet (enroll a speaker to create one)"
                 )
             # SQLite would delete a WAL beside an empty database; whatever that WAL holds is not ours to drop.
             if not os.access(self.path, os.W_OK) or (wal.exists() and wal.stat().st_size):
@@ -137,9 +174,8 @@ class EnrollmentStore:
             # Another process may have created the file since we looked; its tables then win.
             if self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 return
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
+            for statement in _statements(SCHEMA_V1) + _statements(ADDED_IN_V2):
+                self._conn.execute(statement)
             self._conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [
@@ -161,7 +197,7 @@ class EnrollmentStore:
                 pass
         if meta.get("format") != FORMAT:
             raise StoreError(f"{self.path}: not a lightsv enrollment database (no lightsv meta table)")
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        if meta.get("schema_version") not in ("1", str(SCHEMA_VERSION)):
             raise StoreError(
                 f"{self.path}: enrollment schema version {meta.get('schema_version')}, "
                 f"this lightsv reads {SCHEMA_VERSION}"
@@ -169,6 +205,29 @@ class EnrollmentStore:
         if not {"model_id", "dim", "created"} <= meta.keys() or not meta["dim"].isdigit():
             raise StoreError(f"{self.path}: database is corrupt (incomplete meta table)")
         return meta
+
+    def _migrate(self) -> None:
+        """Version 1 -> 2 in one transaction: add the hash column, the means of every speaker, the change log."""
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"{self.path}: enrollment schema version 1 must be upgraded, but the file is read-only")
+        with self._transaction():
+            if self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] != "1":
+                return  # another process migrated it while we waited for the lock
+            for statement in _statements(ADDED_IN_V2):
+                self._conn.execute(statement)
+            for (speaker,) in self._conn.execute("SELECT id FROM speakers").fetchall():
+                self._update_mean(speaker)
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _update_mean(self, speaker: int) -> None:
+        """Recompute the speaker's kept mean and log the change; inside the caller's transaction."""
+        rows = self._conn.execute("SELECT vector FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchall()
+        vectors = np.frombuffer(b"".join(blob for (blob,) in rows), dtype="<f4").reshape(len(rows), self.dim)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO means (speaker_id, vector) VALUES (?, ?)",
+            (speaker, _unit_mean(vectors).tobytes()),
+        )
+        self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
 
     @contextmanager
     def _errors(self):
@@ -209,33 +268,103 @@ class EnrollmentStore:
             raise UnknownSpeakerError(f"{self.path}: speaker {name!r} is not enrolled")
         return row[0]
 
-    def enroll(self, name: str, embeddings, sources=None) -> int:
-        """Append `embeddings` [N, D] for `name` (with optional per-row `sources`); returns the speaker's row count."""
+    def enroll(self, name: str, embeddings, sources=None, hashes=None) -> Enrollment:
+        """Append `embeddings` [N, D] for `name`, with optional per-row `sources` and `hashes` (of the clips' samples).
+
+        A row whose hash the speaker already has (or that repeats an earlier row of this call) is
+        skipped and reported in the result's `skipped` (row indices); rows without a hash are always added.
+        """
         if not self._enroll_ok:
             raise StoreError(f"{self.path}: opened without a model_id; enrolling needs model_id={self.model_id!r}")
         _check_name(name)
         vectors = self._check_embeddings(embeddings)
-        sources = [None] * len(vectors) if sources is None else list(sources)
-        if len(sources) != len(vectors) or not all(s is None or isinstance(s, str) for s in sources):
-            raise InvalidEnrollmentError(f"sources must be {len(vectors)} strings (one per embedding)")
+        sources = self._per_row(sources, len(vectors), "sources")
+        hashes = self._per_row(hashes, len(vectors), "hashes")
         with self._errors(), self._transaction():
             now = _now()
             row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                speaker = self._conn.execute(
-                    "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
-                ).lastrowid
+                speaker = self._new_speaker(name, now)
+                seen: set[str] = set()
             else:
                 speaker = row[0]
+                wanted = sorted({h for h in hashes if h is not None})
+                seen = {
+                    h
+                    for start in range(0, len(wanted), 500)  # SQLite caps the number of bound parameters
+                    for (h,) in self._conn.execute(
+                        "SELECT sample_hash FROM embeddings WHERE speaker_id = ? AND sample_hash IN "
+                        f"({','.join('?' * len(wanted[start : start + 500]))})",
+                        (speaker, *wanted[start : start + 500]),
+                    )
+                }
+            keep, skipped = [], []
+            for i, h in enumerate(hashes):
+                if h is not None and h in seen:
+                    skipped.append(i)
+                else:
+                    keep.append(i)
+                    if h is not None:
+                        seen.add(h)
+            if not keep:  # only for a known speaker: a new one has no hashes to repeat
+                total = self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,))
+                return Enrollment(name, 0, skipped, total.fetchone()[0])
+            if row is not None:
                 self._conn.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
             self._conn.executemany(
-                "INSERT INTO embeddings (speaker_id, vector, dim, created, source) VALUES (?, ?, ?, ?, ?)",
-                (
-                    (speaker, vector.tobytes(), self.dim, now, source)
-                    for vector, source in zip(vectors, sources, strict=True)
-                ),
+                "INSERT INTO embeddings (speaker_id, vector, dim, created, source, sample_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((speaker, vectors[i].tobytes(), self.dim, now, sources[i], hashes[i]) for i in keep),
             )
-            return self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
+            self._update_mean(speaker)
+            total = self._conn.execute("SELECT count(*) FROM embeddings WHERE speaker_id = ?", (speaker,)).fetchone()[0]
+            return Enrollment(name, len(keep), skipped, total)
+
+    def enroll_many(self, speakers) -> int:
+        """Add many speakers' embeddings in one transaction: `speakers` yields (name, embeddings [N, D]).
+
+        For bulk imports (one commit instead of one per speaker); no sources, hashes or duplicate
+        checks. Returns the number of speakers written.
+        """
+        if not self._enroll_ok:
+            raise StoreError(f"{self.path}: opened without a model_id; enrolling needs model_id={self.model_id!r}")
+        count = 0
+        with self._errors(), self._transaction():
+            now = _now()
+            for name, embeddings in speakers:
+                _check_name(name)
+                vectors = self._check_embeddings(embeddings)
+                row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    speaker = self._new_speaker(name, now)
+                else:
+                    speaker = row[0]
+                    self._conn.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker))
+                self._conn.executemany(
+                    "INSERT INTO embeddings (speaker_id, vector, dim, created) VALUES (?, ?, ?, ?)",
+                    ((speaker, v.tobytes(), self.dim, now) for v in vectors),
+                )
+                if row is None:  # a new speaker's mean is its own rows' mean: no need to read them back
+                    self._conn.execute(
+                        "INSERT INTO means (speaker_id, vector) VALUES (?, ?)", (speaker, _unit_mean(vectors).tobytes())
+                    )
+                    self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
+                else:
+                    self._update_mean(speaker)
+                count += 1
+        return count
+
+    def _new_speaker(self, name: str, now: str) -> int:
+        cursor = self._conn.execute("INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now))
+        assert cursor.lastrowid is not None  # set by every INSERT
+        return cursor.lastrowid
+
+    @staticmethod
+    def _per_row(values, n: int, what: str) -> list:
+        values = [None] * n if values is None else list(values)
+        if len(values) != n or not all(v is None or isinstance(v, str) for v in values):
+            raise InvalidEnrollmentError(f"{what} must be {n} strings (one per embedding)")
+        return values
 
     def _check_embeddings(self, embeddings) -> np.ndarray:
         try:
@@ -267,23 +396,88 @@ class EnrollmentStore:
         flat = np.frombuffer(b"".join(blob for blob, _ in rows), dtype="<f4")
         return flat.reshape(len(rows), self.dim).astype(np.float32)
 
-    def speakers(self) -> list[dict]:
-        """One dict per speaker (name, count, created, updated; ISO-8601 UTC), sorted by name."""
+    @staticmethod
+    def check_name(name) -> None:
+        """InvalidEnrollmentError unless ``name`` can be a speaker name."""
+        _check_name(name)
+
+    def mean(self, name: str) -> np.ndarray:
+        """The speaker's unit-length mean embedding [D] float32, as kept by the last enrollment."""
+        with self._errors():
+            speaker = self._speaker_id(name)
+            row = self._conn.execute("SELECT vector FROM means WHERE speaker_id = ?", (speaker,)).fetchone()
+        if row is None or len(row[0]) != 4 * self.dim:
+            raise StoreError(f"{self.path}: database is corrupt (no {self.dim}-dim mean for {name!r})")
+        return np.frombuffer(row[0], dtype="<f4").astype(np.float32)
+
+    def means(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every speaker's (ids [N] int64, names, unit-length means [N, D] float32), in id order."""
+        with self._errors():
+            count = self._conn.execute("SELECT count(*) FROM means").fetchone()[0]
+            ids = np.zeros(count, dtype=np.int64)
+            matrix = np.zeros((count, self.dim), dtype=np.float32)
+            names = []
+            rows = self._conn.execute(
+                "SELECT s.id, s.name, m.vector FROM means m JOIN speakers s ON s.id = m.speaker_id ORDER BY s.id"
+            )
+            for i, (speaker, name, blob) in enumerate(rows):
+                ids[i] = speaker
+                names.append(name)
+                matrix[i] = np.frombuffer(blob, dtype="<f4")
+        return ids[: len(names)], names, matrix[: len(names)]
+
+    @property
+    def generation(self) -> int:
+        """The number of the last change (enrollment or deletion); grows with every one."""
+        with self._errors():
+            return self._conn.execute("SELECT coalesce(max(generation), 0) FROM changes").fetchone()[0]
+
+    def changes_since(self, generation: int) -> tuple[int, list[tuple[int, str | None, np.ndarray | None]]]:
+        """(current generation, [(speaker id, name, mean) ...]) for speakers changed after `generation`;
+        name and mean are None for a speaker deleted since."""
         with self._errors():
             rows = self._conn.execute(
-                "SELECT s.name, count(e.id), s.created, s.updated FROM speakers s "
+                "SELECT c.speaker_id, max(c.generation), s.name, m.vector FROM changes c "
+                "LEFT JOIN speakers s ON s.id = c.speaker_id LEFT JOIN means m ON m.speaker_id = c.speaker_id "
+                "WHERE c.generation > ? GROUP BY c.speaker_id",
+                (generation,),
+            ).fetchall()
+            current = max([generation, *(g for _, g, _, _ in rows)])
+        return current, [
+            (speaker, name, None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32))
+            for speaker, _, name, blob in rows
+        ]
+
+    def speakers(self, sources: bool = False) -> list[dict]:
+        """One dict per speaker (name, count, created, updated; ISO-8601 UTC), sorted by name; with
+        `sources`, also the list of where each enrolled clip came from (None where not recorded)."""
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT s.id, s.name, count(e.id), s.created, s.updated FROM speakers s "
                 "LEFT JOIN embeddings e ON e.speaker_id = s.id GROUP BY s.id ORDER BY s.name"
             ).fetchall()
-        return [
-            dict(name=name, count=count, created=created, updated=updated) for name, count, created, updated in rows
-        ]
+            listed = [
+                dict(name=name, count=count, created=created, updated=updated)
+                for _, name, count, created, updated in rows
+            ]
+            if sources:
+                for (speaker, *_), entry in zip(rows, listed, strict=True):
+                    entry["sources"] = [
+                        source
+                        for (source,) in self._conn.execute(
+                            "SELECT source FROM embeddings WHERE speaker_id = ? ORDER BY id", (speaker,)
+                        )
+                    ]
+        return listed
 
     def delete(self, name: str) -> int:
         """Remove the speaker and all their embeddings; returns the number of embeddings removed."""
         with self._errors(), self._transaction():
             speaker = self._speaker_id(name)
             removed = self._conn.execute("DELETE FROM embeddings WHERE speaker_id = ?", (speaker,)).rowcount
+            self._conn.execute("DELETE FROM means WHERE speaker_id = ?", (speaker,))
             self._conn.execute("DELETE FROM speakers WHERE id = ?", (speaker,))
+            self._conn.execute("INSERT INTO changes (speaker_id) VALUES (?)", (speaker,))
             return removed
 
     def __contains__(self, name) -> bool:
@@ -311,9 +505,18 @@ class EnrollmentStore:
         return f"EnrollmentStore({str(self.path)!r}, model_id={getattr(self, 'model_id', None)!r})"
 
 
+def _unit_mean(vectors: np.ndarray) -> np.ndarray:
+    mean = vectors.astype(np.float64).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype("<f4")
+
+
 def _check_name(name) -> None:
     # Surrounding whitespace or control characters would make look-alike speakers and break listings.
     if not isinstance(name, str) or not name or name != name.strip() or not name.isprintable():
         raise InvalidEnrollmentError(
             f"speaker name must be a non-empty printable string without surrounding whitespace, got {name!r}"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidEnrollmentError(
+            f"speaker name is {len(name):,} characters long, the limit is {MAX_NAME_LENGTH} ({name[:40]!r}...)"
         )

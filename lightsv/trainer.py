@@ -525,9 +525,12 @@ def train(
     return Trained(model, results, out)
 
 
-def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:
+def export(
+    exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False, min_seconds: float | None = None
+) -> Path:
     """Copy the model with the lowest dev EER of `exp_dir` (trained or fine-tuned) to `dest`;
-    `half` stores its weights as float16 (the shipped size)."""
+    `half` stores its weights as float16 (the shipped size); `min_seconds` is the shortest clip
+    the Verifier will accept with it."""
     exp_dir = Path(exp_dir)
     candidates = []
     for sub in (exp_dir, exp_dir / "finetune"):
@@ -539,11 +542,15 @@ def export(exp_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = Fal
         raise ConfigError(f"{exp_dir}: no model.pt to export (run the training stage first)")
     eer, best = min(candidates, key=lambda x: x[0])
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    if not half:
+    if not half and min_seconds is None:
         shutil.copyfile(best, dest)
         return Path(dest)
     model, extra = load_model(best, return_extra=True)
-    return save_model(model, dest, half=True, **extra)
+    if min_seconds is not None:
+        if not min_seconds > 0:
+            raise ConfigError(f"min_seconds must be positive, got {min_seconds}")
+        extra["min_seconds"] = float(min_seconds)
+    return save_model(model, dest, half=half, **extra)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -576,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exp_dir")
     p.add_argument("dest")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    p.add_argument("--min-seconds", type=float, help="shortest clip the verifier accepts with this model")
     return parser
 
 
@@ -584,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export":
-            print(export(args.exp_dir, args.dest, half=args.half))
+            print(export(args.exp_dir, args.dest, half=args.half, min_seconds=args.min_seconds))
             return 0
         config = load_config(args.config, args.overrides)
         if args.command in ("train", "finetune"):

@@ -3,6 +3,7 @@
     v = lightsv.Verifier.load()                          # the shipped model; or a checkpoint path
     v.enroll("alice", ["a1.flac", "a2.flac"])            # appends; several clips make a better model
     r = v.verify("alice", "test.flac")                   # r.score, r.threshold, r.accept, r.speaker
+    r = v.identify("test.flac", top_k=5)                 # r.speaker (best or None), r.accept, r.candidates
 
 Scores. A speaker is represented by the mean of their L2-normalised enrollment embeddings, and a
 test clip scores the raw cosine between its embedding and that mean (renormalised): averaging
@@ -12,10 +13,15 @@ speaker; a clip is accepted when ``score >= threshold``.
 
 Thresholds come from the checkpoint's calibration (``extra["calibration"]``, written by
 :func:`lightsv.calibrate.write_calibration` from scored trials): the EER threshold by default, or
-the threshold at a target false-accept rate (``operating_point="far=0.01"``). A checkpoint without a
-calibration has no threshold: ``threshold`` and ``accept`` are then None unless ``threshold=`` is
-given. With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale,
-so only a calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then.
+the threshold at a target false-accept rate (``operating_point="far=0.01"``), or ``threshold=``.
+With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale, so only a
+calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then. A decision
+is never left undecided: where there is no threshold for the scores, ``verify`` and ``identify`` raise
+:class:`~lightsv.errors.ThresholdError` saying how to get one (``score`` and ``compare`` still score).
+
+Speech: clips are trimmed to their speech (:mod:`lightsv.speech`, energy-based) before embedding,
+and a clip without enough speech for the model raises AudioError ("no speech found"); ``vad=False``
+embeds clips whole.
 
 Enrollments live in an :class:`~lightsv.store.EnrollmentStore`: in memory by default, or a SQLite
 file (``db=``) that refuses embeddings from another model.
@@ -35,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightsv import speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
 from lightsv.audio import load as load_audio
-from lightsv.errors import CheckpointError, ConfigError, LightsvError, UnknownSpeakerError
+from lightsv.errors import CheckpointError, ConfigError, LightsvError, ThresholdError, UnknownSpeakerError
 from lightsv.runtime import DEFAULT_ONNX, OnnxModel, check_threads
-from lightsv.store import EnrollmentStore, InvalidEnrollmentError
+from lightsv.search import SpeakerIndex
+from lightsv.store import Enrollment, EnrollmentStore, InvalidEnrollmentError
 
 if TYPE_CHECKING:  # torch is imported only by the torch backend, so the onnx backend runs without it
     from torch import nn
@@ -53,21 +61,42 @@ EXAMPLES = ASSETS / "examples"
 #: Shortest clip accepted when the checkpoint does not name its own minimum (``extra["min_seconds"]``):
 #: below about half a second an embedding says more about the phonemes than the speaker.
 MIN_SECONDS = 0.5
+#: Shorter clips are repeated up to this length before embedding, as in training's joined crops:
+#: statistics pooling over a handful of frames is noisy, and a model trained on crops of 0.5 s and
+#: more has never seen fewer frames. A checkpoint may accept shorter clips (``min_seconds``).
+REPEAT_SECONDS = 0.5
 #: Cohort scores kept per side by AS-norm (the adaptive part: only the most similar impostors count).
 TOP_N = 200
 
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of one verification; ``threshold`` and ``accept`` are None without a threshold."""
+    """The outcome of one verification: accepted when ``score >= threshold``."""
 
     speaker: str
     score: float
-    threshold: float | None
-    accept: bool | None
+    threshold: float
+    accept: bool
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The outcome of one identification: ``candidates`` [(name, score)] best first; ``speaker`` is
+    the best one, or None when nobody is enrolled; ``accept`` says whether it passes the threshold."""
+
+    speaker: str | None
+    score: float | None
+    threshold: float
+    accept: bool
+    candidates: list[tuple[str, float]]
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["candidates"] = [{"speaker": name, "score": score} for name, score in self.candidates]
+        return out
 
 
 class Verifier:
@@ -84,6 +113,7 @@ class Verifier:
         device: str = "cpu",
         source: str = "model",
         threads: int | None = None,
+        vad: bool = True,
     ):
         """``model``: a torch model (with its checkpoint metadata ``extra``) or an :class:`OnnxModel`."""
         if isinstance(model, OnnxModel):
@@ -94,6 +124,7 @@ class Verifier:
             extra = extra or {}
             self.backend = TorchModel(model, extra, source=source, device=device, threads=threads)
             self.model, self.fbank = self.backend.model, self.backend.fbank
+        self.vad = bool(vad)
         self.source = source
         self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
         self.dim = self.backend.dim
@@ -104,6 +135,7 @@ class Verifier:
         self._cohort: np.ndarray | None = None
         self.top_n = TOP_N
         self.store = EnrollmentStore(":memory:" if db is None else db, model_id=self.model_id, dim=self.dim)
+        self._index: SpeakerIndex | None = None
 
     @classmethod
     def load(
@@ -116,6 +148,7 @@ class Verifier:
         device: str = "cpu",
         backend: str = "auto",
         threads: int | None = None,
+        vad: bool = True,
     ) -> Verifier:
         """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
 
@@ -125,6 +158,7 @@ class Verifier:
         onnxruntime without torch; default file: the shipped ``lightsv/assets/default.onnx``) or
         ``"auto"``: onnx for a ``.onnx`` path or when torch is not installed, else torch.
         ``threads``: CPU threads for embedding (default 1, see :func:`lightsv.runtime.default_threads`).
+        ``vad=False`` embeds clips whole instead of trimmed to their speech.
         """
         kind = choose_backend(path, backend)
         if kind == "onnx":
@@ -137,6 +171,7 @@ class Verifier:
                 operating_point=operating_point,
                 threshold=threshold,
                 source=str(path),
+                vad=vad,
             )
         from lightsv.checkpoint import load_model
 
@@ -157,6 +192,7 @@ class Verifier:
             device=device,
             source=str(path),
             threads=threads,
+            vad=vad,
         )
 
     # ------------------------------------------------------------------ embeddings
@@ -174,41 +210,64 @@ class Verifier:
         frames only, so padding does not change an embedding). ``progress``: a tqdm bar on stderr;
         None shows it for more than one batch when stderr is a terminal.
         """
+        return self._embed_many(clips, sample_rate, batch_size, progress)[0]
+
+    def _embed_many(
+        self, clips, sample_rate: int | None, batch_size: int, progress: bool | None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Embeddings and the sha256 of each clip's samples as loaded (16 kHz float32, before speech trimming)."""
         clips = list(clips)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
         seconds = [_approx_samples(c) for c in clips]
         order = sorted(range(len(clips)), key=seconds.__getitem__)
+        hashes = [""] * len(clips)
         with _bar(len(clips), progress, batch_size) as bar:
             for index in _batches(order, seconds, batch_size):
-                wavs = [self._load(clips[i], sample_rate) for i in index]
+                wavs = []
+                for i in index:
+                    wav = load_audio(clips[i], sample_rate, min_seconds=self.min_seconds)
+                    hashes[i] = hashlib.sha256(wav.tobytes()).hexdigest()
+                    wavs.append(self._speech(wav, clips[i]))
                 out[index] = self._forward(wavs)
                 bar.update(len(index))
-        return out
+        return out, hashes
 
-    def _load(self, clip, sample_rate):
-        return load_audio(clip, sample_rate, min_seconds=self.min_seconds)
+    def _speech(self, wav: np.ndarray, clip) -> np.ndarray:
+        if not self.vad:
+            return wav
+        name = f"audio file '{os.fspath(clip)}'" if isinstance(clip, (str, os.PathLike)) else "audio"
+        return speech.trim(wav, min_seconds=self.min_seconds, name=name)
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
-        return self.backend.embed(wavs)
+        # embed_batch repeats short clips on the torch path; the onnx backend gets the same input.
+        return self.backend.embed(wavs if isinstance(self.backend, TorchModel) else repeat_short(wavs))
 
     # ------------------------------------------------------------------ enrollment
 
-    def enroll(self, name: str, clips, *, sample_rate: int | None = None) -> int:
-        """Add the clips' embeddings to speaker ``name`` (created if new); returns their total count."""
+    def enroll(self, name: str, clips, *, sample_rate: int | None = None) -> Enrollment:
+        """Add the clips' embeddings to speaker ``name`` (created if new).
+
+        A clip whose samples the speaker already has (an exact duplicate, whatever its file name) is
+        skipped, not stored twice. Returns an :class:`~lightsv.store.Enrollment`: ``added``,
+        ``skipped`` (indices into ``clips``) and the speaker's ``total``.
+        """
         if isinstance(clips, (str, os.PathLike)):
             clips = [clips]
         clips = list(clips)
         if not clips:
             raise InvalidEnrollmentError(f"enrolling {name!r} needs at least one clip")
-        embeddings = self.embed_many(clips, sample_rate=sample_rate)
+        # Checked before the clips are embedded, so a bad name costs nothing.
+        self.store.check_name(name)
+        embeddings, hashes = self._embed_many(clips, sample_rate, 16, None)
         sources = [os.fspath(c) if isinstance(c, (str, os.PathLike)) else None for c in clips]
-        return self.store.enroll(name, embeddings, sources=sources)
+        return self.store.enroll(name, embeddings, sources=sources, hashes=hashes)
 
-    def speakers(self) -> list[dict]:
-        """Enrolled speakers: dicts of name, count (clips), created and updated (ISO-8601 UTC)."""
-        return self.store.speakers()
+    def speakers(self, sources: bool = False) -> list[dict]:
+        """Enrolled speakers: dicts of name, count (clips), created and updated (ISO-8601 UTC), and
+        with ``sources`` where each clip came from."""
+        return self.store.speakers(sources=sources)
 
     def delete(self, name: str) -> int:
         """Forget speaker ``name``; returns the number of embeddings removed."""
@@ -218,7 +277,7 @@ class Verifier:
     def speaker_embedding(self, name: str) -> np.ndarray:
         """The unit-length mean of the speaker's enrollment embeddings."""
         self._check_enrolled(name)
-        return _unit(self.store.embeddings(name).mean(axis=0))
+        return self.store.mean(name)
 
     def _check_enrolled(self, name) -> None:
         if name not in self.store:
@@ -229,11 +288,37 @@ class Verifier:
     # ------------------------------------------------------------------ scoring
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Verification:
-        """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold."""
+        """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
+
+        Raises ThresholdError, before any work, when there is no threshold for the current scores.
+        """
+        threshold = self.decision_threshold()
         enrolled = self.speaker_embedding(name)
         score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
-        threshold = self.threshold
-        return Verification(name, score, threshold, None if threshold is None else bool(score >= threshold))
+        return Verification(name, score, threshold, bool(score >= threshold))
+
+    def identify(self, clip, *, top_k: int = 5, sample_rate: int | None = None) -> Identification:
+        """The ``top_k`` enrolled speakers that best match ``clip``, best first, and whether the best
+        passes the threshold. With nobody enrolled: no candidates, ``speaker`` None, not accepted.
+
+        The search ranks speakers by cosine (exact below :data:`lightsv.search.ANN_MIN` speakers,
+        approximate above); with a cohort the candidates are re-scored with AS-norm and re-ranked.
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        threshold = self.decision_threshold()
+        if self._index is None:
+            self._index = SpeakerIndex(self.store)
+        if len(self._index) == 0:
+            return Identification(None, None, threshold, False, [])
+        test = self.embed(clip, sample_rate=sample_rate)
+        found = self._index.search(test, top_k if self._cohort is None else max(top_k, 50))
+        if self._cohort is not None:
+            # The kept means of the few candidates, one indexed lookup each, whatever the store's size.
+            found = sorted(((n, self.score(self.store.mean(n), test)) for n, _ in found), key=lambda c: -c[1])
+        found = found[:top_k]
+        best, score = found[0]
+        return Identification(best, score, threshold, bool(score >= threshold), found)
 
     def compare(self, a, b, *, sample_rate: int | None = None) -> float:
         """The score of two clips (cosine, or AS-norm when a cohort is set); symmetric in ``a`` and ``b``."""
@@ -304,6 +389,24 @@ class Verifier:
             return self.threshold_override
         norm, value = self._calibrated
         return value if norm == self.score_norm else None
+
+    def decision_threshold(self) -> float:
+        """The threshold, or ThresholdError saying why there is none and how to get one."""
+        threshold = self.threshold
+        if threshold is not None:
+            return threshold
+        if self.calibration is None:
+            why = f"{self.source} has no calibration"
+            fix = "calibrate it on a trial list (lightsv score TRIALS --wav-root DIR --model M --calibrate OUT)"
+        else:
+            norm = self._calibrated[0]
+            why = f"scores are {self.score_norm!r} but {self.source} is calibrated for {norm!r} scores"
+            fix = (
+                "calibrate on scores of the same kind (lightsv.calibrate.calibration(scores, labels, "
+                f"score_norm={self.score_norm!r}))"
+                + (" or turn AS-norm off (set_cohort(None))" if self.score_norm == "asnorm" else "")
+            )
+        raise ThresholdError(f"no threshold to decide at: {why}; pass threshold= (--threshold) or {fix}")
 
     # ------------------------------------------------------------------ lifetime
 
@@ -380,6 +483,12 @@ class TorchModel:
             torch.set_num_threads(before)
 
 
+def repeat_short(wavs: list[np.ndarray]) -> list[np.ndarray]:
+    """Clips shorter than REPEAT_SECONDS repeated up to it (np.resize repeats)."""
+    shortest = int(REPEAT_SECONDS * SAMPLE_RATE)
+    return [np.resize(w, shortest) if len(w) < shortest else w for w in wavs]
+
+
 def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.ndarray:
     """Unit-length embeddings [N, D] of waveforms, run as one zero-padded batch (exact: models pool
     over valid frames only)."""
@@ -387,6 +496,7 @@ def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.nd
     from torch import nn
 
     device = next(model.parameters()).device
+    wavs = repeat_short(wavs)
     lengths = torch.tensor([len(w) for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
     for row, wav in zip(batch, wavs, strict=True):

@@ -250,3 +250,11 @@ def test_info_helper(tmp_path):
     assert (meta.samplerate, meta.frames, meta.channels) == (SAMPLE_RATE, SAMPLE_RATE, 1)
     with pytest.raises(AudioError, match="no such file"):
         audio.info(tmp_path / "missing.wav")
+
+
+def test_wav_shorter_than_its_header_is_refused(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, sine(seconds=2.0), SAMPLE_RATE, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    expect_error(path, str(path), "truncated: header says 2.00 s, file holds 1.00 s")

@@ -79,7 +79,10 @@ def test_profile_table_defaults_to_every_registered_model(registry, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["profile", "nope", "tiny"], "lightsv: error: unknown model 'nope'; known models: tiny, tiny_b"),
+        (
+            ["profile", "nope", "tiny"],
+            "lightsv: error: unknown model 'nope'; known models: tiny, tiny_b (or give a checkpoint file)",
+        ),
         (["profile", "tiny", "--subsets", "1"], "lightsv: error: subsets must be an integer >= 2, got 1"),
         (["profile", "--seconds", "0"], "lightsv: error: --seconds must be positive, got 0.0"),
     ],
@@ -116,6 +119,21 @@ def test_argparse_exits_become_return_codes(capsys):
     assert main(["profile", "--subsets", "x"]) == 2
 
 
+def test_a_checkpoint_file_is_profiled_as_it_is(capsys, tmp_path):
+    import lightsv
+
+    model = lightsv.build_model(
+        "ecapa_tdnn_small", channels=32, embed_dim=32, se_channels=16, attention_channels=16, mfa_channels=96
+    )
+    path = lightsv.save_model(model, tmp_path / "small.pt")
+    assert main(["profile", str(path), "--seconds", "0.2", "--repeats", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "small.pt" and row["params"] == sum(p.numel() for p in model.parameters())
+    # MACs counted one way: the filterbank and the network, and their sum, waveform to embedding.
+    assert row["fbank_macs_per_second"] > 0 and row["macs_per_second"] > 0
+    assert row["total_macs_per_second"] == pytest.approx(row["fbank_macs_per_second"] + row["macs_per_second"])
+
+
 def test_real_small_model_with_the_real_transform(capsys):
     models = pytest.importorskip("lightsv.models")
     name = "ecapa_tdnn_small" if "ecapa_tdnn_small" in models.MODELS else next(iter(models.MODELS))
@@ -137,3 +155,13 @@ def test_python_dash_m_exits_2_with_one_line_and_no_traceback():
     assert result.returncode == 2
     assert result.stderr == "lightsv: error: --seconds must be positive, got -1.0\n"
     assert result.stdout == ""
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    for argv in (["--help"], ["profile", "ecapa_tdnn_small", "--subsets", "--seconds", "0.1", "--repeats", "1"]):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "lightsv", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        child.stdout.close()  # the reader is gone before anything is written, as with `| head` done early
+        err = child.stderr.read().decode()
+        assert child.wait(timeout=120) in (0, 141) and err == "", err

@@ -70,22 +70,60 @@ def test_demo_without_the_shipped_model_is_one_line(capsys, monkeypatch, tmp_pat
 def test_enroll_verify_list_delete_round_trip(capsys, model, tmp_path):
     db, clips = tmp_path / "speakers.db", example_clips()["ls26"]
     code, out, _ = run(capsys, "enroll", "--db", db, "--model", model, "--json", "dan", *clips[:2])
-    assert code == 0 and json.loads(out) == {"speaker": "dan", "added": 2, "total": 2}
-    code, out, _ = run(capsys, "verify", "--db", db, "--model", model, "--json", "dan", clips[2])
+    assert code == 0 and json.loads(out) == {"speaker": "dan", "added": 2, "skipped": [], "total": 2}
+    code, out, _ = run(capsys, "enroll", "--db", db, "--model", model, "dan", clips[0])
+    assert code == 0 and f"0 clip(s) added, 2 in total; skipped 1 already enrolled: {clips[0]}" in out
+    one_line_error(
+        *run(capsys, "verify", "--db", db, "--model", model, "dan", clips[2])[::2], "no threshold", "--threshold"
+    )
+    code, out, _ = run(capsys, "verify", "--db", db, "--model", model, "--threshold", "-1", "--json", "dan", clips[2])
     result = json.loads(out)
     assert code == 0 and result["speaker"] == "dan" and -1 <= result["score"] <= 1
-    assert result["threshold"] is None and result["accept"] is None and result["clip"] == str(clips[2])
-    code, out, _ = run(capsys, "verify", "--db", db, "--model", model, "dan", clips[2])
-    assert code == 0 and "no threshold" in out
+    assert result["threshold"] == -1 and result["accept"] is True and result["clip"] == str(clips[2])
+    for threshold, exit_code in (("-1", 0), ("1.01", 1)):
+        code, out, _ = run(
+            capsys, "verify", "--db", db, "--model", model, "--threshold", threshold, "--exit-code", "dan", clips[2]
+        )
+        assert code == exit_code and ("accept" if exit_code == 0 else "reject") in out
+    code, out, _ = run(capsys, "verify", "--db", db, "--model", model, "--threshold", "1.01", "dan", clips[2])
+    assert code == 0 and "reject" in out  # without --exit-code a reject is still a successful run
     code, out, _ = run(capsys, "list", "--db", db, "--json")
     assert code == 0 and [(s["name"], s["count"]) for s in json.loads(out)] == [("dan", 2)]
-    code, out, _ = run(capsys, "list", "--db", db, "--model", model)
-    assert code == 0 and "dan" in out
+    code, out, _ = run(capsys, "list", "--db", db, "--model", model, "--sources")
+    assert code == 0 and "dan" in out and f"dan: {clips[0]}, {clips[1]}" in out and "1 speaker(s), 2 clip(s)" in out
     code, out, _ = run(capsys, "delete", "--db", db, "--json", "dan")
     assert code == 0 and json.loads(out) == {"speaker": "dan", "removed": 2}
     assert json.loads(run(capsys, "list", "--db", db, "--json")[1]) == []
-    one_line_error(*run(capsys, "verify", "--db", db, "--model", model, "dan", clips[2])[::2], "'dan' is not enrolled")
+    one_line_error(
+        *run(capsys, "verify", "--db", db, "--model", model, "--threshold", "0", "dan", clips[2])[::2],
+        "'dan' is not enrolled",
+    )
     one_line_error(*run(capsys, "delete", "--db", db, "dan")[::2], "'dan' is not enrolled")
+
+
+def test_identify_ranks_speakers_and_answers_nobody_enrolled(capsys, model, tmp_path):
+    db, speakers = tmp_path / "speakers.db", example_clips()
+    assert run(capsys, "enroll", "--db", db, "--model", model, "ls19", speakers["ls19"][0])[0] == 0
+    run(capsys, "delete", "--db", db, "ls19")
+    code, out, _ = run(capsys, "identify", "--db", db, "--model", model, "--threshold", "0.5", speakers["ls26"][2])
+    assert code == 0 and "nobody is enrolled" in out
+    for name, clips in speakers.items():
+        assert run(capsys, "enroll", "--db", db, "--model", model, name, *clips[:2])[0] == 0
+    argv = ["identify", "--db", db, "--model", model, "--threshold", "-1", "--top-k", "2", "--json"]
+    code, out, _ = run(capsys, *argv, speakers["ls26"][2])
+    result = json.loads(out)
+    assert code == 0 and len(result["candidates"]) == 2 and result["accept"] is True
+    assert result["speaker"] == result["candidates"][0]["speaker"] in speakers
+    assert result["candidates"][0]["score"] >= result["candidates"][1]["score"]
+    code, out, _ = run(
+        capsys, "identify", "--db", db, "--model", model, "--threshold", "1.01", "--exit-code", speakers["ls26"][2]
+    )
+    assert code == 1 and "reject" in out and out.splitlines()[0].split() == ["rank", "speaker", "score"]
+
+
+def test_version_and_a_closed_pipe(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("lightsv ")
 
 
 def test_missing_database_and_model_mismatch_are_one_line(capsys, model, tmp_path):
@@ -156,14 +194,48 @@ def test_score_errors_name_the_line_or_the_missing_files(capsys, model, trials, 
     )
 
 
+def test_score_names_every_bad_clip_or_skips_them(capsys, model, trials, tmp_path):
+    root = tmp_path / "root"
+    for clip in EXAMPLES.glob("*/*.flac"):
+        (root / clip.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / clip.parent.name / clip.name).write_bytes(clip.read_bytes())
+    bad = sorted(root.glob("*/*.flac"))[:2]
+    bad[0].write_text("not audio")
+    bad[1].write_bytes(b"")
+    one_line_error(
+        *run(capsys, "score", trials, "--wav-root", root, "--model", model)[::2],
+        "2 of 9 clips",
+        "--skip-bad",
+        bad[0].name,
+        bad[1].name,
+    )
+    code, out, err = run(capsys, "score", trials, "--wav-root", root, "--model", model, "--skip-bad", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n_files"] == 7 and len(result["skipped_clips"]) == 2
+    assert result["n_target"] + result["n_nontarget"] + result["skipped_trials"] == 36
+    assert "skipped 2 bad clip(s)" in err and bad[0].name in err
+
+
+def test_output_paths_are_checked_before_any_work(capsys, model, trials, tmp_path, monkeypatch):
+    monkeypatch.setattr(lightsv.verifier.Verifier, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    for option in ("--plot", "--out", "--calibrate"):
+        one_line_error(
+            *run(capsys, "score", trials, "--wav-root", EXAMPLES, option, tmp_path / "no" / "x.png")[::2],
+            "does not exist",
+        )
+    one_line_error(*run(capsys, "score", trials, "--wav-root", EXAMPLES, "--plot", tmp_path)[::2], "is a directory")
+
+
 def test_score_calibrate_writes_thresholds_the_verifier_uses(capsys, model, trials, tmp_path):
     out = tmp_path / "calibrated.pt"
-    code, printed, _ = run(
+    code, printed, err = run(
         capsys, "score", trials, "--wav-root", EXAMPLES, "--model", model, "--json", "--calibrate", out
     )
     assert code == 0
     result = json.loads(printed)
     v = lightsv.Verifier.load(out)
     assert v.threshold == pytest.approx(result["eer_threshold"])
-    assert v.calibration["trials"] == trials.name and set(v.calibration["far_thresholds"]) == {"0.01", "0.001"}
+    # 27 non-target trials resolve neither 1 % nor 0.1 %: no made-up thresholds, a warning for each.
+    assert v.calibration["trials"] == trials.name and v.calibration["far_thresholds"] == {}
+    assert "no threshold at far=0.01" in err and "no threshold at far=0.001" in err
     assert lightsv.Verifier.load(model).threshold is None  # the source model is left as it was

@@ -159,6 +159,7 @@ def test_profile_table_is_fixed_width_with_ratios_to_baseline():
         "name": "plain",
         "params": 1000,
         "macs_per_second": 2e6,
+        "fbank_macs_per_second": 3e6,
         "peak_memory_inference_bytes": 2**20,
         "peak_memory_train_bytes": 3 * 2**20,
         "latency_ms": 1.5,
@@ -173,6 +174,6 @@ def test_profile_table_is_fixed_width_with_ratios_to_baseline():
     }
     lines = profile_table([base, half], baseline=base).splitlines()
     assert len({len(line) for line in lines}) == 1
-    assert lines[2].split() == ["plain", "1,000", "2.0", "1.00", "3.00", "1.50", "1.000", "1.000", "1.000"]
+    assert lines[2].split() == ["plain", "1,000", "2.0", "3.0", "1.00", "3.00", "1.50", "1.000", "1.000", "1.000"]
     assert lines[3].split()[-6:] == ["1.00", "-", "0.75", "0.500", "0.500", "0.500"]
     assert "params x" not in profile_table([base])

@@ -47,9 +47,9 @@ def test_round_trip_append_list_delete_and_reopen(tmp_path):
     path = tmp_path / "enroll.db"
     first, second, bob = vectors(3, 1), vectors(2, 2), vectors(4, 3)
     with EnrollmentStore(path, model_id=MODEL, dim=DIM) as store:
-        assert store.enroll("alice", first) == 3
-        assert store.enroll("bob", bob.astype(np.float64), sources=[f"clip{i}.wav" for i in range(4)]) == 4
-        assert store.enroll("alice", second) == 5
+        assert store.enroll("alice", first).total == 3
+        assert store.enroll("bob", bob.astype(np.float64), sources=[f"clip{i}.wav" for i in range(4)]).total == 4
+        assert store.enroll("alice", second).total == 5
         got = store.embeddings("alice")
         assert got.dtype == np.float32 and got.shape == (5, DIM)
         np.testing.assert_array_equal(got, np.concatenate([first, second]))
@@ -68,7 +68,7 @@ def test_round_trip_append_list_delete_and_reopen(tmp_path):
         with pytest.raises(UnknownSpeakerError, match="'alice'"):
             store.delete("alice")
     with EnrollmentStore(path, model_id=MODEL) as store:
-        assert store.dim == DIM and len(store) == 1 and store.enroll("alice", first) == 3
+        assert store.dim == DIM and len(store) == 1 and store.enroll("alice", first).total == 3
 
 
 def test_open_store_is_durable_wal_with_full_sync(store_path):
@@ -233,7 +233,7 @@ def test_locked_database_gives_a_clear_error_and_loses_nothing(store_path):
             with pytest.raises(StoreError, match="locked by another process"):
                 store.enroll("bob", vectors(1))
             other.execute("ROLLBACK")
-            assert store.enroll("bob", vectors(1)) == 1
+            assert store.enroll("bob", vectors(1)).total == 1
             assert [s["count"] for s in store.speakers()] == [3, 1]
         # An exclusive-mode connection keeps even readers out, so the store cannot be opened at all.
         other.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -265,7 +265,7 @@ store._db.set_trace_callback(trace)
 for i in range(1000):
     state["enrollment"] = i
     rows = np.full(({ROWS}, {DIM}), i, np.float32) + np.arange({ROWS}, dtype=np.float32)[:, None]
-    total = store.enroll(f"spk{{i % 3}}", rows)
+    total = store.enroll(f"spk{{i % 3}}", rows).total
     print("committed", i, total, flush=True)
 """
 )
@@ -295,7 +295,7 @@ def test_sigkill_mid_enrollment_keeps_every_commit_and_no_partial(tmp_path):
         for name in counts:
             expected = [np.full((ROWS, DIM), i, np.float32) + ramp for i, _ in committed if f"spk{i % 3}" == name]
             np.testing.assert_array_equal(store.embeddings(name), np.concatenate(expected))
-        assert store.enroll("spk1", np.ones((1, DIM))) == counts["spk1"] + 1
+        assert store.enroll("spk1", np.ones((1, DIM))).total == counts["spk1"] + 1
 
 
 RACING_CHILD = (
@@ -336,3 +336,81 @@ def test_two_processes_enrolling_at_once_lose_nothing(tmp_path):
         assert {s["name"]: s["count"] for s in store.speakers()} == {f"spk{k}": 100 for k in range(4)}
         tags = np.concatenate([store.embeddings(f"spk{k}")[:, 0] for k in range(4)])
     assert sorted(tags.astype(int).tolist()) == sorted(2 * [t * 1000 + i for t in (1, 2) for i in range(100)])
+
+
+def test_duplicate_hashes_are_skipped_and_reported(store_path):
+    with EnrollmentStore(store_path, model_id=MODEL) as store:
+        first = store.enroll("bob", vectors(2, 5), hashes=["h1", "h2"])
+        assert (first.added, first.skipped, first.total) == (2, [], 2)
+        again = store.enroll("bob", vectors(3, 6), hashes=["h2", None, "h3"])
+        assert (again.added, again.skipped, again.total) == (2, [0], 4)
+        assert store.enroll("bob", vectors(1, 7), hashes=["h1"]).added == 0
+        assert store.enroll("alice", vectors(1, 7), hashes=["h1"]).added == 1  # per speaker
+
+
+def test_names_longer_than_the_limit_are_refused(store_path):
+    with EnrollmentStore(store_path, model_id=MODEL) as store:
+        assert store.enroll("a" * lightsv.store.MAX_NAME_LENGTH, vectors(1)).total == 1
+        with pytest.raises(StoreError, match="100,000 characters long"):
+            store.enroll("a" * 100_000, vectors(1))
+        assert len(store) == 2
+
+
+def test_means_and_change_log_follow_enrollments_and_deletions(store_path):
+    with EnrollmentStore(store_path, model_id=MODEL) as store:
+        start = store.generation
+        store.enroll("bob", vectors(2, 1))
+        mean = vectors(2, 1).astype(np.float64).mean(axis=0)
+        np.testing.assert_allclose(store.mean("bob"), mean / np.linalg.norm(mean), atol=1e-6)
+        generation, changed = store.changes_since(start)
+        assert generation == start + 1 and [name for _, name, _ in changed] == ["bob"]
+        store.delete("bob")
+        generation, changed = store.changes_since(start)
+        assert generation == start + 2 and [(name, mean) for _, name, mean in changed] == [(None, None)]
+        ids, names, means = store.means()
+        assert names == ["alice"] and means.shape == (1, DIM)
+        assert store.enroll_many([("c1", vectors(1, 2)), ("c2", vectors(2, 3))]) == 2
+        assert store.generation == start + 4 and [s["count"] for s in store.speakers()] == [3, 1, 2]
+
+
+def test_a_version_1_store_is_migrated_and_keeps_every_row(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(lightsv.store.SCHEMA_V1)
+    db.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("format", "lightsv-enrollment"), ("schema_version", "1"), ("model_id", MODEL), ("dim", str(DIM))]
+        + [("created", "2026-01-01T00:00:00.000+00:00")],
+    )
+    db.execute("INSERT INTO speakers VALUES (1, 'alice', 'then', 'then')")
+    rows = vectors(3)
+    db.executemany(
+        "INSERT INTO embeddings (speaker_id, vector, dim, created, source) VALUES (1, ?, ?, 'then', ?)",
+        [(v.tobytes(), DIM, f"a{i}.wav") for i, v in enumerate(rows)],
+    )
+    db.commit()
+    db.close()
+    with EnrollmentStore(path, model_id=MODEL) as store:
+        np.testing.assert_array_equal(store.embeddings("alice"), rows)
+        mean = rows.astype(np.float64).mean(axis=0)
+        np.testing.assert_allclose(store.mean("alice"), mean / np.linalg.norm(mean), atol=1e-6)
+        assert store.speakers(sources=True)[0]["sources"] == ["a0.wav", "a1.wav", "a2.wav"]
+        assert store.enroll("alice", vectors(1, 9), hashes=["h"]).total == 4
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    db.close()
+
+
+def test_a_bad_speaker_in_a_bulk_enrollment_writes_nothing(store_path):
+    with EnrollmentStore(store_path, model_id=MODEL) as store:
+        before = store.generation
+        with pytest.raises(StoreError, match="speaker name"):
+            store.enroll_many([("bob", vectors(1)), (" bad", vectors(1))])
+        assert [s["name"] for s in store.speakers()] == ["alice"] and store.generation == before
+
+
+def test_an_empty_file_says_how_it_becomes_a_store(tmp_path):
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(StoreError, match="not an enrollment database yet .enroll a speaker to create one."):
+        EnrollmentStore(path)

@@ -386,6 +386,11 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     model, extra = lightsv.load_model(tmp_path / "e" / "model.pt", return_extra=True)
     assert extra["training_config"]["model"]["name"] == "amcrn_small" and extra["eer"] == results["overall"]["eer"]
     assert trainer.export(tmp_path / "e", tmp_path / "final.pt").exists()
+    half = trainer.export(tmp_path / "e", tmp_path / "half.pt", half=True, min_seconds=0.25)
+    _, half_extra = lightsv.load_model(half, return_extra=True)
+    assert half_extra["min_seconds"] == 0.25 and half_extra["eer"] == extra["eer"]
+    with pytest.raises(ConfigError, match="min_seconds must be positive"):
+        trainer.export(tmp_path / "e", tmp_path / "bad.pt", min_seconds=0)
 
 
 def _distributed_worker(rank, world, store, config, out, paths):

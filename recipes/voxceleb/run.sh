@@ -14,6 +14,7 @@ exp=                                     # default: ../../exp/voxceleb/<config n
 nproc=1                                  # processes (torchrun) for training and evaluation
 dest=                                    # stage 5 copies the selected model here too
 trials=$shared/speech/trials_dev.txt     # stage 5 calibrates the decision thresholds on these trials
+min_seconds=0.5                          # stage 5: shortest clip the exported model accepts
 trials_root=$shared/speech/wav
 overrides=()                             # --set key=value, passed to every lightsv.trainer call
 
@@ -46,6 +47,9 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
        FNR > 1 && $5 == "train" && !($2 in dev) && $1 !~ /^speech\// { print root "/" $1 }' \
       "$shared/speech/splits.csv" "$shared/spoof/protocol.csv" > "$datadir/unlabeled.lst"
   echo "$(wc -l < "$datadir/unlabeled.lst") unlabeled clips in $datadir/unlabeled.lst"
+  # the dev lists pooled, for configs that select the model on all of them (gen2.yaml)
+  cat "$shared"/speech/trials_dev.txt "$shared"/speech/trials_dev_ocean.txt "$shared"/speech/trials_dev_words.txt \
+      > "$datadir/trials_dev_all.txt"
   python -m lightsv.trainer teacher "$config" "${overrides[@]}"
 fi
 
@@ -72,7 +76,7 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   echo "stage 5: export the model with the lower dev EER (float16 weights) and calibrate its thresholds"
-  python -m lightsv.trainer export "$exp" "$exp/final.pt" --half
+  python -m lightsv.trainer export "$exp" "$exp/final.pt" --half --min-seconds "$min_seconds"
   # decision thresholds at the EER point and at false-accept rates of 1 % and 0.1 %, stored in the model
   lightsv score "$trials" --wav-root "$trials_root" --model "$exp/final.pt" --calibrate "$exp/final.pt" \
       --json --plot "$exp/final_det.png" > "$exp/final_score.json"

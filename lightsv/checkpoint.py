@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import lightsv.peft  # noqa: F401  (registers the adapter, prompt, prefix and lora tuners for replay)
 import lightsv.transform  # noqa: F401  (registers the "transform" tuner for replay)
 from lightsv.errors import CheckpointError, ConfigError
 from lightsv.models import MODELS, build_model

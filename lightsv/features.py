@@ -151,3 +151,19 @@ def _frame_matrix(c: FbankConfig, bins: np.ndarray) -> np.ndarray:
     op = (op - c.preemphasis * shifted) * _window(c, n)[:, None]
     phase = 2 * math.pi * np.outer(bins, np.arange(n)) / c.n_fft
     return np.vstack([np.cos(phase) @ op, -np.sin(phase) @ op])
+
+
+class Waveform(nn.Module):
+    """The input of waveform models (wav2vec2): ``forward(wav[B, N], lengths) -> (wav[B, N, 1], lengths)``."""
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
+        if wav.dim() != 2:
+            raise AudioError(f"waveform input: expected [batch, samples], got shape {tuple(wav.shape)}")
+        if lengths is None:
+            lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
+        return wav.unsqueeze(-1), lengths
+
+
+def features_for(model: nn.Module, config: FbankConfig) -> nn.Module:
+    """The front-end a model reads: the waveform for models with `input_kind = "wav"`, else `Fbank`."""
+    return Waveform() if getattr(model, "input_kind", "fbank") == "wav" else Fbank(config)

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 import yaml
 from torch import nn
 
+import lightsv.peft  # noqa: F401  (registers the tuners a config may name)
 from lightsv import transform
 from lightsv.augment import AugmentConfig
 from lightsv.errors import ConfigError
 from lightsv.features import FbankConfig
 from lightsv.models import build_model
+from lightsv.spoof.data import SpoofConfig
+from lightsv.tuners import TUNERS, replay
 
 
 @dataclass
@@ -106,6 +109,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     transform: TransformConfig | None = None
+    tuners: list[dict] = field(default_factory=list)  # [{kind: lora|adapter|prompt|prefix, options: {...}}]
+    spoof: SpoofConfig | None = None  # a countermeasure (binary bona fide / spoof objective) instead of speakers
     features: FbankConfig = field(default_factory=FbankConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -220,6 +225,8 @@ def check(c: TrainConfig) -> None:
         (f"data.{k}", getattr(c.data, k), False) for k in ("splits", "trials", "trials_root", "manifest")
     ]
     need += [(f"data.unlabeled[{i}]", p, False) for i, p in enumerate(c.data.unlabeled)]
+    if c.spoof is not None:
+        need += [("spoof.protocol", c.spoof.protocol, True), ("spoof.dev_protocol", c.spoof.dev_protocol, False)]
     need += [(f"augment.noise_dirs[{i}]", p, False) for i, p in enumerate(c.augment.noise_dirs)]
     need += [(f"augment.rir_dirs[{i}]", p, False) for i, p in enumerate(c.augment.rir_dirs)]
     for name, path, required in need:
@@ -256,7 +263,14 @@ def check(c: TrainConfig) -> None:
             raise ConfigError(f"{name} must not be negative, got {value}")
     if c.crop_min_seconds and not 0 < c.crop_min_seconds <= c.crop_seconds:
         raise ConfigError(f"crop_min_seconds must lie in (0, crop_seconds={c.crop_seconds}], got {c.crop_min_seconds}")
-    if c.loss.aam_weight == 0 and c.loss.distill_weight == 0:
+    for i, record in enumerate(c.tuners):
+        if set(record) - {"kind", "options"} or record.get("kind") not in TUNERS:
+            raise ConfigError(
+                f"tuners[{i}]: expected {{kind: one of {', '.join(sorted(TUNERS))}, options: {{...}}}}, got {record!r}"
+            )
+        if not isinstance(record.get("options", {}), dict):
+            raise ConfigError(f"tuners[{i}].options: expected a mapping, got {record['options']!r}")
+    if c.loss.aam_weight == 0 and c.loss.distill_weight == 0 and c.spoof is None:
         raise ConfigError("loss: aam_weight and distill_weight are both 0; nothing to train")
     if c.loss.distill_weight > 0 and c.loss.teacher == "cache" and not c.loss.teacher_cache:
         raise ConfigError("loss.distill_weight > 0 needs loss.teacher_cache (a path; built when missing)")
@@ -279,8 +293,13 @@ def check(c: TrainConfig) -> None:
 
 
 def build(c: TrainConfig) -> nn.Module:
-    """The backbone a config describes (with the transformation module when configured)."""
+    """The backbone a config describes, with the transformation module and tuners when configured;
+    a model with `prepare_training` (e.g. lightsv.ssl's) then freezes what does not train."""
     model = build_model(c.model.name, **{"feat_dim": c.features.n_mels, **c.model.options})
     if c.transform is not None:
         transform.apply(model, subsets=c.transform.subsets, share=c.transform.share, fusion=c.transform.fusion)
+    model = replay(model, [{"kind": r["kind"], "options": dict(r.get("options", {}))} for r in c.tuners])
+    prepare = getattr(model, "prepare_training", None)
+    if prepare is not None:
+        prepare()
     return model

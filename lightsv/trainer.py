@@ -2,9 +2,11 @@
 
 The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
 clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher:
-online`).  Runs single-process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl on
-GPU).  Rank 0 logs and writes checkpoints; every epoch ends with a checkpoint that resumes exactly
-(batches and crops are functions of (seed, epoch, batch), see lightsv.data).
+online`); with a `spoof:` section, a binary bona fide / spoof cross-entropy on a countermeasure's
+score, with balanced batches and dev EER / t-DCF (lightsv.spoof).  Runs single-process or under
+`torchrun` (DistributedDataParallel, gloo on CPU, nccl on GPU).  Rank 0 logs and writes
+checkpoints; every epoch ends with a checkpoint that resumes exactly (batches and crops are
+functions of (seed, epoch, batch), see lightsv.data).
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ from lightsv.data import (
 from lightsv.distributed import Context, setup
 from lightsv.errors import ConfigError, LightsvError
 from lightsv.evaluation import evaluate
-from lightsv.features import Fbank
+from lightsv.features import features_for
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
+from lightsv.peft import merge
 from lightsv.plots import det_plot
+from lightsv.spoof.data import entries as spoof_entries
+from lightsv.spoof.evaluate import asv_scores, evaluate_cm
 from lightsv.train_config import OptimConfig, TrainConfig, build, load_config
 
 log = logging.getLogger("lightsv.trainer")
@@ -65,14 +70,20 @@ class Objective(nn.Module):
         distill: DistillLoss | None,
         aam_weight: float,
         distill_weight: float,
+        binary: bool = False,
     ):
         super().__init__()
         self.model, self.aam, self.distill = model, aam, distill
         self.aam_weight, self.distill_weight = aam_weight, distill_weight
+        self.binary = binary
 
     def forward(self, feats, labels, targets, weights):
         emb = self.model(feats)
         zero = emb.new_zeros(())
+        if self.binary:  # a countermeasure: emb[:, 0] is the logit of bona fide (label 1)
+            loss = nn.functional.binary_cross_entropy_with_logits(emb[:, 0], labels.to(emb.dtype))
+            acc = ((emb[:, 0] > 0).long() == labels).to(emb.dtype).mean()
+            return loss, torch.stack([loss.detach(), loss.detach(), acc.detach(), zero])
         aam, acc = self.aam(emb, labels) if self.aam is not None else (zero, zero)
         distill = self.distill(emb, targets, weights) if self.distill is not None else zero
         loss = self.aam_weight * aam + self.distill_weight * distill
@@ -80,7 +91,10 @@ class Objective(nn.Module):
 
 
 def training_clips(c: TrainConfig) -> tuple[list[Clip], list[str]]:
-    """(labelled clips then unlabeled ones, speaker names in label order)."""
+    """(labelled clips then unlabeled ones, speaker names in label order); for a countermeasure the
+    protocol's training entries, with the classes ["spoof", "bonafide"] as labels 0 and 1."""
+    if c.spoof is not None:
+        return [Clip(e.path, e.label) for e in spoof_entries(c.spoof, c.data.root, "train")], ["spoof", "bonafide"]
     utts = select_split(scan(c.data.root), c.data.splits, c.data.train_split if c.data.splits else None)
     utts = [u for u in utts if _seconds(u.path) >= c.data.min_seconds]
     speakers = sorted({u.speaker for u in utts})
@@ -259,23 +273,27 @@ def train(
 
     torch.manual_seed(c.seed)
     if stage == "finetune":
-        model = load_model(root_out / "model.pt").train()
+        model = load_model(root_out / "model.pt")
+        prepare = getattr(model, "prepare_training", None)
+        if prepare is not None:  # a frozen encoder stays frozen in the second stage too
+            prepare()
+        model.train()
     else:
         model = build(c)
     aam = (
         AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale, c.loss.easy_margin)
-        if c.loss.aam_weight > 0
+        if c.loss.aam_weight > 0 and c.spoof is None
         else None
     )
     distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
-    objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight)
+    objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight, binary=c.spoof is not None)
     if stage == "finetune" and (root_out / "heads.pt").exists():
         heads = torch.load(root_out / "heads.pt", map_location="cpu", weights_only=True)
         for name, module in (("aam", aam), ("distill", distill)):
             if module is not None and name in heads:
                 module.load_state_dict(heads[name])
     objective.to(ctx.device)
-    fbank = Fbank(c.features).to(ctx.device)
+    fbank = features_for(model, c.features).to(ctx.device)
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -314,17 +332,46 @@ def train(
     else:
         params_count = sum(p.numel() for p in model.parameters())
         log.info(
-            "%s: %d labelled clips of %d speakers, %d unlabeled; %s with %d parameters; %d steps/epoch x %d",
+            "%s: %d labelled clips of %d %s, %d unlabeled; %s with %d parameters (%d trainable); %d steps/epoch x %d",
             stage,
             n_labelled,
             len(speakers),
+            "classes" if c.spoof is not None else "speakers",
             len(clips) - n_labelled,
             c.model.name,
             params_count,
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
             steps,
             c.epochs,
         )
     resumed_elapsed = state["elapsed"]
+
+    dev_entries = spoof_entries(c.spoof, c.data.root, "dev") if c.spoof is not None else []
+    asv = None
+    if c.spoof is not None and c.spoof.asv is not None:
+        # the ASV half of the t-DCF: scored once per experiment by a fixed speaker model
+        asv_file = out / "asv_scores.json"
+        if not asv_file.exists() and ctx.main:
+            asv_file.write_text(json.dumps(asv_scores(dev_entries, c.spoof.asv)))
+        ctx.barrier()
+        asv = json.loads(asv_file.read_text())
+
+    def dev_result(bootstrap: int | None = 0, manifest: str | None = None) -> dict:
+        if c.spoof is not None:
+            bootstrap = c.eval.bootstrap if bootstrap is None else bootstrap
+            return evaluate_cm(model, dev_entries, c.features, c.eval.max_seconds, asv, bootstrap)
+        return evaluate(
+            model,
+            c.data.trials or "",  # only called when there are trials (has_dev)
+            c.data.trials_root or c.data.root,
+            manifest=manifest,
+            features=c.features,
+            eval_config=c.eval,
+            bootstrap=bootstrap,
+            ctx=ctx,
+        )
+
+    has_dev = bool(c.data.trials) or c.spoof is not None
 
     def save_checkpoint():
         if not ctx.main:
@@ -354,17 +401,9 @@ def train(
 
     def dev_check(tag: str) -> float | None:
         sync_buffers()
-        if not c.data.trials:
+        if not has_dev:
             return None
-        result = evaluate(
-            model,
-            c.data.trials,
-            c.data.trials_root or c.data.root,
-            features=c.features,
-            eval_config=c.eval,
-            bootstrap=0,
-            ctx=ctx,
-        )
+        result = dev_result(bootstrap=0)
         eer = result["overall"]["eer"]
         if state["best_eer"] is None or eer < state["best_eer"]:
             state.update(best_eer=eer, best_step=state["step"], stale=0)
@@ -428,12 +467,13 @@ def train(
             if state["step"] % c.log_every == 0:
                 m = sums / count
                 log.info(
-                    "%s epoch %d batch %d/%d: loss %.4f aam %.4f acc %.3f distill %.4f lr %.2e",
+                    "%s epoch %d batch %d/%d: loss %.4f %s %.4f acc %.3f distill %.4f lr %.2e",
                     stage,
                     epoch + 1,
                     state["batch"],
                     steps,
                     m[0],
+                    "bce" if c.spoof is not None else "aam",
                     m[1],
                     m[2],
                     m[3],
@@ -470,7 +510,7 @@ def train(
         log.info("stopped: %s", state["stopped"])
     sync_buffers()
 
-    if c.data.trials and (out / "best.pt").exists():
+    if has_dev and (out / "best.pt").exists():
         model = load_model(out / "best.pt").to(ctx.device)
     model.eval()
     results = {
@@ -483,17 +523,15 @@ def train(
         "stopped": state["stopped"],
         "history": state["history"],
     }
-    if c.data.trials:
-        result = evaluate(
-            model,
-            c.data.trials,
-            c.data.trials_root or c.data.root,
-            manifest=c.data.manifest,
-            features=c.features,
-            eval_config=c.eval,
-            ctx=ctx,
-        )
+    if has_dev:
+        result = dev_result(bootstrap=None, manifest=c.data.manifest)
         results["dev"] = {k: v for k, v in result.items() if k not in ("scores", "labels")}
+        if c.spoof is not None and ctx.main:
+            det_plot(
+                {"countermeasure": (result["scores"], result["labels"])},
+                out / "det.png",
+                title="dev (bona fide vs spoof)",
+            )
     if ctx.main:
         extra = {"dev_eer": results.get("dev", {}).get("overall", {}).get("eer")}
         save_model(
@@ -542,15 +580,66 @@ def export(
         raise ConfigError(f"{exp_dir}: no model.pt to export (run the training stage first)")
     eer, best = min(candidates, key=lambda x: x[0])
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    if not half and min_seconds is None:
+    model, extra = load_model(best, return_extra=True)
+    lora = any(r.get("kind") == "lora" for r in getattr(model, "tuners", []))
+    if not half and min_seconds is None and not lora:
         shutil.copyfile(best, dest)
         return Path(dest)
-    model, extra = load_model(best, return_extra=True)
     if min_seconds is not None:
         if not min_seconds > 0:
             raise ConfigError(f"min_seconds must be positive, got {min_seconds}")
         extra["min_seconds"] = float(min_seconds)
+    # LoRA is folded into its base weights (peft's merge): the exported model runs without it
+    merge(model, strict=False)
     return save_model(model, dest, half=half, **extra)
+
+
+def evaluate_spoof(c: TrainConfig, model_path: str | os.PathLike, out: Path) -> dict:
+    """Score a countermeasure on the dev entries of `c`: results.json, results.md (overall and per
+    spoofing system: EER, t-DCF 2019 and 2021) and det.png in `out`."""
+    spoof = c.spoof
+    if spoof is None:
+        raise ConfigError("evaluate_spoof: the config has no spoof section")
+    torch.set_num_threads(c.threads)
+    model = load_model(model_path)
+    entries = spoof_entries(spoof, c.data.root, "dev")
+    out.mkdir(parents=True, exist_ok=True)
+    asv = None
+    if spoof.asv is not None:
+        asv_file = out / "asv_scores.json"
+        if not asv_file.exists():
+            asv_file.write_text(json.dumps(asv_scores(entries, spoof.asv)))
+        asv = json.loads(asv_file.read_text())
+    result = evaluate_cm(model, entries, c.features, c.eval.max_seconds, asv, c.eval.bootstrap, progress=True)
+    scores = {k: v for k, v in result.items() if k not in ("scores", "labels")}
+    (out / "results.json").write_text(json.dumps(scores, indent=2))
+    det_plot({Path(model_path).name: (result["scores"], result["labels"])}, out / "det.png", title="dev")
+
+    def fmt(v) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    o = scores["overall"]
+    lines = [
+        f"# {model_path} on the dev entries of {spoof.dev_protocol or spoof.protocol}",
+        "",
+        "| system | spoof clips | EER % | t-DCF 2019 | t-DCF 2021 |",
+        "|---|---|---|---|---|",
+        f"| all | {o['nontargets']} | {fmt(o['eer'])} | {fmt(o.get('t_dcf_2019'))} | {fmt(o.get('t_dcf_2021'))} |",
+    ]
+    for name, s in scores["systems"].items():
+        lines.append(
+            f"| {name} | {s['spoof']} | {fmt(s['eer'])} | {fmt(s.get('t_dcf_2019'))} | {fmt(s.get('t_dcf_2021'))} |"
+        )
+    lines += ["", f"{o['targets']} bona fide clips; EER 95 % interval {fmt(o.get('eer_ci95'))}."]
+    if "asv" in scores:
+        a = scores["asv"]
+        lines.append(
+            f"ASV for the t-DCF: {spoof.asv} speaker model, EER {a['eer']:.2f} % on {a['target_trials']} target / "
+            f"{a['nontarget_trials']} non-target bona fide trials of dev speakers, {a['spoof_trials']} spoof trials."
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return scores
 
 
 # ----------------------------------------------------------------------------- command line
@@ -609,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             cache = teacher_cache(config)
             print(f"{config.loss.teacher_cache}: {len(cache)} clips, {cache.windows.shape[0]} windows")
+        elif config.spoof is not None:
+            evaluate_spoof(config, args.model, Path(args.out))
         else:
             trials = args.trials or config.data.trials
             if not trials:

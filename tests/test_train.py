@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from lightsv import augment, data, distributed, evaluation, train_config, trainer
 from lightsv.errors import ConfigError
+from lightsv.features import Fbank
 from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
 from lightsv.teacher import TeacherCache, build_cache
 
@@ -340,7 +341,7 @@ def test_steps_reduce_the_loss(corpus):
     wav, labels, targets, weights, clean = data.collate([dataset[(i, i)] for i in range(len(clips))])
     model = train_config.build(config)
     objective = trainer.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
-    feats, _ = trainer.Fbank()(wav)
+    feats, _ = Fbank()(wav)
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.01)
     losses = []
     for _ in range(12):

@@ -8,6 +8,7 @@ from lightsv.errors import ConfigError
 from lightsv.models.amcrn import Amcrn, AmcrnConfig, amcrn, amcrn_small
 from lightsv.models.ecapa import EcapaConfig, EcapaTdnn, ecapa_tdnn, ecapa_tdnn_1024, ecapa_tdnn_small
 from lightsv.models.resnet import ResNet, ResNetConfig, resnet18, resnet34
+from lightsv.ssl.model import ssl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "ecapa_tdnn": ecapa_tdnn,
@@ -17,6 +18,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "amcrn": amcrn,
     "amcrn_small": amcrn_small,
+    "ssl": ssl,  # transformers wav2vec2 / AST front-end and a light head (needs the peft extra)
 }
 
 

@@ -3,48 +3,22 @@
     python export/export_onnx.py --checkpoint model.pt --out model.onnx
     python export/export_onnx.py --model amcrn_small --subsets 4 --out model.onnx   # untrained, for sizing
 
-Inputs: `wav` [batch, samples] float32 at 16 kHz in [-1, 1] and `lengths` [batch] int64 (valid samples
-per row); output: `embedding` [batch, dim]. Batch and samples are dynamic axes.
+A thin wrapper over `lightsv.edge.export` (also `lightsv export`, which adds --int8 and
+--format sherpa-onnx). Inputs: `wav` [batch, samples] float32 at 16 kHz in [-1, 1] and `lengths`
+[batch] int64; output: `embedding` [batch, dim]. Batch and samples are dynamic axes.
 """
 
 import argparse
 import sys
 
-import torch
-from torch import nn
-
 import lightsv
-from lightsv.features import Fbank
+from lightsv.edge.export import ExportConfig
+from lightsv.edge.export import WaveformEmbedder as EmbeddingGraph  # noqa: F401  (the name this script had)
+from lightsv.edge.export import export as _export
 
 
-class EmbeddingGraph(nn.Module):
-    """Waveform -> log-mel -> speaker embedding, one traceable module."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.fbank = Fbank()
-        self.model = model
-
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        feats, frames = self.fbank(wav, lengths)
-        return self.model(feats, frames)
-
-
-def export(model: nn.Module, path: str, opset: int = 17) -> str:
-    graph = EmbeddingGraph(model).eval()
-    wav = torch.randn(2, 32000) * 0.1
-    lengths = torch.tensor([32000, 24000])
-    torch.onnx.export(
-        graph,
-        (wav, lengths),
-        path,
-        input_names=["wav", "lengths"],
-        output_names=["embedding"],
-        dynamic_axes={"wav": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
-    return path
+def export(model, path: str, opset: int = 18, extra: dict | None = None) -> str:
+    return str(_export(model, path, extra=extra, config=ExportConfig(opset=opset)))
 
 
 def main(argv=None) -> int:
@@ -54,13 +28,17 @@ def main(argv=None) -> int:
     source.add_argument("--model", help=f"an untrained registered model: {', '.join(lightsv.MODELS)}")
     parser.add_argument("--subsets", type=int, help="wrap an untrained --model with the transformation module")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=18)
     args = parser.parse_args(argv)
     try:
-        model = lightsv.load_model(args.checkpoint) if args.checkpoint else lightsv.build_model(args.model)
+        extra = None
+        if args.checkpoint:
+            model, extra = lightsv.load_model(args.checkpoint, return_extra=True)
+        else:
+            model = lightsv.build_model(args.model)
         if args.subsets:
             lightsv.transform.apply(model, subsets=args.subsets)
-        print(export(model, args.out, args.opset))
+        print(export(model, args.out, args.opset, extra))
     except lightsv.LightsvError as err:
         print(f"export_onnx: error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from lightsv.errors import AudioError
 
@@ -99,6 +98,9 @@ def load(
     if not np.isfinite(x).all():
         raise AudioError(f"{name}: contains NaN or infinite samples")
     if rate != SAMPLE_RATE:
+        # Imported here: scipy.signal costs ~70 MB and seconds to import, and most clips are 16 kHz already.
+        from scipy.signal import resample_poly
+
         g = math.gcd(rate, SAMPLE_RATE)
         x = resample_poly(x, SAMPLE_RATE // g, rate // g)
     return np.ascontiguousarray(x, dtype=np.float32)

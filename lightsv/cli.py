@@ -94,7 +94,15 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="M", help="checkpoint (default: the shipped model)")
+    parser.add_argument("--model", metavar="M", help="checkpoint or .onnx file (default: the shipped model)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="torch (checkpoints) or onnx (onnxruntime, no torch needed); "
+        "auto: onnx for an .onnx model or without torch, else torch (default: auto)",
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for embedding (default: 1)")
     parser.add_argument(
         "--no-vad", dest="vad", action="store_false", help="embed clips whole, without trimming them to their speech"
     )
@@ -126,6 +134,8 @@ def _verifier(args: argparse.Namespace, db=None):
         vad=getattr(args, "vad", True),
         threshold=getattr(args, "threshold", None),
         operating_point=getattr(args, "operating_point", None),
+        backend=getattr(args, "backend", "auto"),
+        threads=getattr(args, "threads", None),
     )
 
 
@@ -375,7 +385,7 @@ def _run_score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lightsv import metrics
-    from lightsv.data import read_trials
+    from lightsv.trials import read_trials
 
     _writable(args.out, args.plot, args.calibrate)
     trials = read_trials(args.trials)
@@ -388,6 +398,8 @@ def _run_score(args: argparse.Namespace) -> int:
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
     v = _verifier(args)
+    if args.calibrate and v.model is None:
+        raise ConfigError("--calibrate writes a calibrated checkpoint: score a .pt model on the torch backend")
     emb, bad = _embed_all(v, root, [f for f in files if f not in set(missing)], args.batch_size)
     bad.update({f: f"{root / f}: no such file" for f in missing})
     if bad and not args.skip_bad:
@@ -481,6 +493,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return trainer.main(argv)
 
 
+def _add_export(parser: argparse.ArgumentParser) -> None:
+    from lightsv.edge.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from lightsv.edge.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": (
@@ -504,6 +528,11 @@ COMMANDS = {
         _run_score,
     ),
     "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
+    "export": (
+        "export a model to one ONNX file (waveform in, embedding out; optionally int8 or for sherpa-onnx)",
+        _add_export,
+        _run_export,
+    ),
 }
 
 
@@ -549,6 +578,17 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except USER_ERRORS as err:
         return _fail(str(err))
+    except ModuleNotFoundError as err:
+        # Without torch (the onnx-only install) the torch-backed commands end here, not in a traceback.
+        if err.name is None or err.name.startswith("lightsv"):
+            raise
+        if err.name.split(".")[0] == "torch":
+            return _fail(
+                f"'{PROG} {args.command}' needs torch, which is not installed here: "
+                "pip install -c constraints.txt lightsv (the full install); enrolling, verifying and scoring "
+                "run without it (--backend onnx)"
+            )
+        return _fail(f"'{PROG} {args.command}' needs {err.name}, which is not installed here: pip install {err.name}")
     except KeyboardInterrupt:
         return _fail("interrupted")
     except BrokenPipeError:

@@ -20,6 +20,7 @@ import torch
 
 from lightsv.audio import SAMPLE_RATE, load
 from lightsv.errors import ConfigError
+from lightsv.trials import Trial, read_trials  # noqa: F401  (torch-free; re-exported here)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 UNLABELED = -1
@@ -31,13 +32,6 @@ class Utterance:
     key: str  # relative to the scanned root, "/"-separated: <speaker>/<session>/<utt>.<ext>
     speaker: str
     session: str
-
-
-@dataclass(frozen=True)
-class Trial:
-    label: int
-    enroll: str
-    test: str
 
 
 def scan(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Utterance]:
@@ -105,28 +99,6 @@ def select_split(
     if not chosen:
         raise ConfigError(f"no utterance belongs to split {split!r}")
     return chosen
-
-
-def read_trials(path: str | os.PathLike) -> list[Trial]:
-    """A VoxCeleb1 trial list: `<1|0> <enroll> <test>` per line (blank and `#` lines skipped)."""
-    trials = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"trial list {path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise ConfigError(
-                f"trial list {path}, line {number}: expected '<1|0> <enroll> <test>', got {line.strip()[:80]!r}"
-            )
-        trials.append(Trial(int(fields[0]), fields[1], fields[2]))
-    if not trials:
-        raise ConfigError(f"trial list {path}: no trials")
-    return trials
 
 
 def num_samples(path: str) -> int:

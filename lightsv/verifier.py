@@ -37,20 +37,23 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from lightsv import speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
 from lightsv.audio import load as load_audio
-from lightsv.checkpoint import load_model
 from lightsv.errors import CheckpointError, ConfigError, LightsvError, ThresholdError, UnknownSpeakerError
-from lightsv.features import Fbank, FbankConfig
+from lightsv.runtime import DEFAULT_ONNX, OnnxModel, check_threads
 from lightsv.search import SpeakerIndex
 from lightsv.store import Enrollment, EnrollmentStore, InvalidEnrollmentError
+
+if TYPE_CHECKING:  # torch is imported only by the torch backend, so the onnx backend runs without it
+    from torch import nn
+
+    from lightsv.features import Fbank, FbankConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default.pt"
@@ -101,7 +104,7 @@ class Verifier:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | OnnxModel,
         *,
         extra: dict | None = None,
         db: str | os.PathLike | None = None,
@@ -109,22 +112,23 @@ class Verifier:
         threshold: float | None = None,
         device: str = "cpu",
         source: str = "model",
+        threads: int | None = None,
         vad: bool = True,
     ):
-        extra = extra or {}
+        """``model``: a torch model (with its checkpoint metadata ``extra``) or an :class:`OnnxModel`."""
+        if isinstance(model, OnnxModel):
+            extra = {**model.extra, **(extra or {})}
+            self.backend: TorchModel | OnnxModel = model
+            self.model, self.fbank = None, None
+        else:
+            extra = extra or {}
+            self.backend = TorchModel(model, extra, source=source, device=device, threads=threads)
+            self.model, self.fbank = self.backend.model, self.backend.fbank
         self.vad = bool(vad)
         self.source = source
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
-        self.fbank = Fbank(_features(extra, source)).to(device)
-        feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
-        if feat_dim != self.fbank.config.n_mels:
-            raise CheckpointError(
-                f"{source}: model takes {feat_dim} features but its filterbank makes {self.fbank.config.n_mels}"
-            )
         self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
-        self.dim = int(getattr(model, "embed_dim", 0)) or self._probe_dim()
-        self.model_id = model_id(model)
+        self.dim = self.backend.dim
+        self.model_id = self.backend.model_id
         self.calibration = extra.get("calibration")
         self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
         self.threshold_override = None if threshold is None else _finite(threshold, "threshold")
@@ -142,14 +146,35 @@ class Verifier:
         operating_point: str | None = None,
         threshold: float | None = None,
         device: str = "cpu",
+        backend: str = "auto",
+        threads: int | None = None,
         vad: bool = True,
     ) -> Verifier:
         """A verifier for the checkpoint at ``path`` (default: the shipped model, ``lightsv/assets/default.pt``).
 
         ``operating_point`` is ``"eer"`` (the default when the checkpoint is calibrated) or
-        ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value. ``vad=False``
-        embeds clips whole instead of trimmed to their speech.
+        ``"far=<rate>"``; ``threshold`` overrides the calibration with a fixed value.
+        ``backend``: ``"torch"`` (a checkpoint), ``"onnx"`` (an exported ``.onnx`` file, run by
+        onnxruntime without torch; default file: the shipped ``lightsv/assets/default.onnx``) or
+        ``"auto"``: onnx for a ``.onnx`` path or when torch is not installed, else torch.
+        ``threads``: CPU threads for embedding (default 1, see :func:`lightsv.runtime.default_threads`).
+        ``vad=False`` embeds clips whole instead of trimmed to their speech.
         """
+        kind = choose_backend(path, backend)
+        if kind == "onnx":
+            path = DEFAULT_ONNX if path is None else path
+            if path == DEFAULT_ONNX and not DEFAULT_ONNX.is_file():
+                raise CheckpointError(f"the default ONNX model {DEFAULT_ONNX} is missing from this installation")
+            return cls(
+                OnnxModel(path, threads=threads),
+                db=db,
+                operating_point=operating_point,
+                threshold=threshold,
+                source=str(path),
+                vad=vad,
+            )
+        from lightsv.checkpoint import load_model
+
         if path is None:
             if not DEFAULT_MODEL.is_file():
                 raise CheckpointError(
@@ -166,6 +191,7 @@ class Verifier:
             threshold=threshold,
             device=device,
             source=str(path),
+            threads=threads,
             vad=vad,
         )
 
@@ -194,11 +220,11 @@ class Verifier:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        seconds = [_approx_samples(c) for c in clips]
+        order = sorted(range(len(clips)), key=seconds.__getitem__)
         hashes = [""] * len(clips)
-        order = sorted(range(len(clips)), key=lambda i: _approx_samples(clips[i]))
         with _bar(len(clips), progress, batch_size) as bar:
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
+            for index in _batches(order, seconds, batch_size):
                 wavs = []
                 for i in index:
                     wav = load_audio(clips[i], sample_rate, min_seconds=self.min_seconds)
@@ -215,10 +241,8 @@ class Verifier:
         return speech.trim(wav, min_seconds=self.min_seconds, name=name)
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
-        return embed_batch(self.model, self.fbank, wavs)
-
-    def _probe_dim(self) -> int:
-        return self._forward([np.zeros(SAMPLE_RATE, dtype=np.float32)]).shape[1]
+        # embed_batch repeats short clips on the torch path; the onnx backend gets the same input.
+        return self.backend.embed(wavs if isinstance(self.backend, TorchModel) else repeat_short(wavs))
 
     # ------------------------------------------------------------------ enrollment
 
@@ -325,7 +349,12 @@ class Verifier:
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
             raise ConfigError(f"top_n must be an integer >= 2, got {top_n!r}")
         if _is_embeddings(cohort, self.dim):
-            array = cohort.detach().cpu().numpy() if isinstance(cohort, torch.Tensor) else np.asarray(cohort)
+            tensor = _tensor_type()
+            array = (
+                cohort.detach().cpu().numpy()
+                if tensor is not None and isinstance(cohort, tensor)
+                else np.asarray(cohort)
+            )
             array = array.astype(np.float32)
             norms = np.linalg.norm(array, axis=1, keepdims=True)
             if not np.isfinite(array).all() or not (norms > 0).all():
@@ -397,12 +426,77 @@ class Verifier:
         )
 
 
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def choose_backend(path, backend: str) -> str:
+    """``"torch"`` or ``"onnx"`` for a model ``path`` (None: the shipped model) and a requested ``backend``."""
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    is_onnx = path is not None and str(path).lower().endswith(".onnx")
+    try:
+        has_torch = importlib.util.find_spec("torch") is not None
+    except ImportError:  # an import hook that refuses torch
+        has_torch = False
+    if backend == "auto":
+        return "onnx" if is_onnx or not has_torch else "torch"
+    if backend == "torch" and is_onnx:
+        raise ConfigError(f"{path}: an ONNX file runs on the onnx backend (--backend onnx), not torch")
+    if backend == "onnx" and path is not None and not is_onnx:
+        raise ConfigError(
+            f"{path}: the onnx backend reads .onnx files; export the checkpoint first "
+            f"(lightsv export --model {path} --out model.onnx)"
+        )
+    if backend == "torch" and not has_torch:
+        raise ConfigError("the torch backend needs torch, which is not installed (use --backend onnx)")
+    return backend
+
+
+class TorchModel:
+    """A torch model and its filterbank behind the same interface as :class:`lightsv.runtime.OnnxModel`."""
+
+    def __init__(self, model: nn.Module, extra: dict, *, source: str, device: str = "cpu", threads: int | None = None):
+        from lightsv.features import Fbank
+
+        self.threads = check_threads(threads)
+        self.model = model.eval().to(device)
+        self.fbank = Fbank(_features(extra, source)).to(device)
+        feat_dim = getattr(model, "feat_dim", self.fbank.config.n_mels)
+        if feat_dim != self.fbank.config.n_mels:
+            raise CheckpointError(
+                f"{source}: model takes {feat_dim} features but its filterbank makes {self.fbank.config.n_mels}"
+            )
+        self.dim = int(getattr(model, "embed_dim", 0)) or self.embed([np.zeros(SAMPLE_RATE, np.float32)]).shape[1]
+        self.model_id = model_id(model)
+
+    def embed(self, wavs: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        # torch's thread count is global to the process: set for this call, then restored.
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return embed_batch(self.model, self.fbank, wavs)
+        finally:
+            torch.set_num_threads(before)
+
+
+def repeat_short(wavs: list[np.ndarray]) -> list[np.ndarray]:
+    """Clips shorter than REPEAT_SECONDS repeated up to it (np.resize repeats)."""
+    shortest = int(REPEAT_SECONDS * SAMPLE_RATE)
+    return [np.resize(w, shortest) if len(w) < shortest else w for w in wavs]
+
+
 def embed_batch(model: nn.Module, fbank: Fbank, wavs: list[np.ndarray]) -> np.ndarray:
     """Unit-length embeddings [N, D] of waveforms, run as one zero-padded batch (exact: models pool
     over valid frames only)."""
+    import torch
+    from torch import nn
+
     device = next(model.parameters()).device
-    shortest = int(REPEAT_SECONDS * SAMPLE_RATE)
-    wavs = [np.resize(w, shortest) if len(w) < shortest else w for w in wavs]  # np.resize repeats
+    wavs = repeat_short(wavs)
     lengths = torch.tensor([len(w) for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
     for row, wav in zip(batch, wavs, strict=True):
@@ -419,6 +513,8 @@ def model_id(model: nn.Module) -> str:
     Hashing the model rather than the checkpoint file keeps the id, and so the enrollment stores made
     with it, valid when only the checkpoint's metadata changes (e.g. a calibration is written into it).
     """
+    import torch
+
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     head = {
@@ -495,6 +591,8 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
 
 
 def _features(extra: dict, source: str) -> FbankConfig:
+    from lightsv.features import FbankConfig
+
     # The trainer records its full config; the filterbank must match what the model was trained on.
     options = extra.get("features")
     if options is None:
@@ -511,10 +609,33 @@ def _features(extra: dict, source: str) -> FbankConfig:
         raise CheckpointError(f"{source}: bad filterbank options in its metadata ({err})") from None
 
 
+def _tensor_type() -> Any:
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
+    return None if torch is None else torch.Tensor
+
+
 def _is_embeddings(cohort, dim: int) -> bool:
-    if isinstance(cohort, torch.Tensor):
+    tensor = _tensor_type()
+    if tensor is not None and isinstance(cohort, tensor):
         return cohort.dim() == 2 and cohort.shape[1] == dim and cohort.is_floating_point()
     return isinstance(cohort, np.ndarray) and cohort.ndim == 2 and cohort.shape[1] == dim and cohort.dtype.kind == "f"
+
+
+#: Padded audio per forward pass at most (unless one clip is longer): bounds the memory of a batch of
+#: long clips, which a fixed clip count does not.
+BATCH_SECONDS = 160.0
+
+
+def _batches(order: list[int], seconds: list[float], batch_size: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (sorted by length) of at most ``batch_size`` clips and
+    BATCH_SECONDS of padded audio (the group's longest clip times its size)."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < batch_size and (len(groups[-1]) + 1) * seconds[i] <= BATCH_SECONDS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _approx_samples(clip) -> float:

@@ -1,0 +1,86 @@
+"""The ``sherpa-onnx`` layout: a features-in graph that sherpa-onnx's SpeakerEmbeddingExtractor runs.
+
+sherpa-onnx computes the filterbank itself (kaldi-native-fbank) with options the model file cannot
+change: 80 mels from 20 Hz to Nyquist - 400 Hz (7600 Hz at 16 kHz), frames centred on the hop
+(``snip_edges=false``), samples scaled to the 16-bit range when ``normalize_samples`` is 0. lightsv's
+filterbank reaches Nyquist and snips edges. So the graph starts by mapping sherpa's mel energies to
+lightsv's (a fixed non-negative 80 x 80 matrix fitted between the two filter banks: exp, matmul,
+log), then mean-normalises over time as lightsv does and runs the model. The edge frames and the
+7.6-8 kHz band, which sherpa's features do not see, are what still differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightsv.features import FbankConfig, mel_banks
+
+#: kaldi-native-fbank's options in sherpa-onnx's FeatureExtractorConfig (not settable from a model file).
+SHERPA_HIGH_FREQ = -400.0
+#: sherpa-onnx multiplies [-1, 1] samples by 32768 when the model says normalize_samples=0, as lightsv does.
+NORMALIZE_SAMPLES = 0
+
+
+def sherpa_features(c: FbankConfig) -> FbankConfig:
+    return dataclasses.replace(c, high_freq=SHERPA_HIGH_FREQ)
+
+
+def feature_map(c: FbankConfig) -> np.ndarray:
+    """[n_mels, n_mels] non-negative M with sherpa_bank @ M ~ lightsv_bank, bin by bin (least squares)."""
+    from scipy.optimize import nnls
+
+    ours, theirs = mel_banks(c), mel_banks(sherpa_features(c))  # [bins, mels]
+    return np.stack([nnls(theirs, ours[:, j])[0] for j in range(ours.shape[1])], axis=1)
+
+
+class FeatureEmbedder(nn.Module):
+    """sherpa-onnx's log-mels [B, T, 80] -> lightsv's mean-normalised log-mels -> embedding [B, D]."""
+
+    map: torch.Tensor
+
+    def __init__(self, model: nn.Module, features: FbankConfig):
+        super().__init__()
+        self.features = features
+        self.register_buffer("map", torch.from_numpy(feature_map(features)).float(), persistent=False)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = torch.log(torch.clamp(torch.exp(x) @ self.map, min=self.features.log_floor))
+        if self.features.mean_norm:
+            feats = feats - feats.mean(dim=1, keepdim=True)
+        return self.model(feats)
+
+
+def sherpa_graph(model: nn.Module, features: FbankConfig, opset: int):
+    from lightsv.edge.export import _dynamo_export
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    frames = torch.export.Dim("frames", min=2, max=60001)
+    x = torch.randn(2, 200, features.n_mels)
+    proto = _dynamo_export(
+        FeatureEmbedder(model, features).eval(),
+        (x,),
+        input_names=["x"],
+        dynamic_shapes={"x": {0: batch, 1: frames}},
+        opset=opset,
+    )
+    return proto, ["x"]
+
+
+def sherpa_metadata(props: dict[str, str]) -> dict[str, str]:
+    """The keys sherpa-onnx reads (speaker-embedding-extractor-model.cc)."""
+    return {
+        # sherpa-onnx accepts "wespeaker" or "3d-speaker"; both run the same general extractor.
+        "framework": "wespeaker",
+        "sample_rate": props["sample_rate"],
+        "output_dim": props["embedding_dim"],
+        "normalize_samples": str(NORMALIZE_SAMPLES),
+        # Empty: the graph normalises its own features after mapping them (global-mean would come first).
+        "feature_normalize_type": "",
+        "language": "English",
+        "comment": "lightsv speaker embedding model; features mapped in-graph to lightsv's filterbank",
+    }

@@ -12,6 +12,18 @@ SPEECH_ROOT = Path(
 )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on a
+    small, shared test box OpenMP hand-offs cost far more than tiny matmuls gain."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def speech_root() -> Path:
     if not (SPEECH_ROOT / "manifest.csv").is_file():

@@ -26,12 +26,7 @@ def tiny(name: str) -> dict:
     return next(options for prefix, options in TINY.items() if name.startswith(prefix))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,7 @@ from lightsv.audio import load
 from lightsv.errors import AudioError, ConfigError
 from lightsv.features import Fbank, FbankConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a small, shared test box OpenMP hand-offs cost far more than these tiny matmuls gain.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kaldi_fbank_reference(x, c: FbankConfig):

@@ -93,7 +93,7 @@ def write(rows: list[dict], args, seconds: float) -> None:
         "command": "python benchmarks/speech_detection.py" + (f" --model {args.model}" if args.model else ""),
         "model": args.model or "lightsv/assets/default.pt",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with a training run and other developers",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
         "speech_config": lightsv.speech.SpeechConfig().__dict__,
         "wall_seconds": round(seconds, 1),
     }

@@ -13,14 +13,7 @@ exp=                                     # default: ../../exp/spoof/<config name
 nproc=1                                  # processes (torchrun) for training
 overrides=()                             # --set key=value, passed to every lightsv.trainer call
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --set) overrides+=(--set "$2"); shift 2 ;;
-    --*) name=${1#--}; [ -n "${!name+x}" ] || { echo "run.sh: unknown option $1" >&2; exit 2; }
-         printf -v "$name" '%s' "$2"; shift 2 ;;
-    *) echo "run.sh: unexpected argument $1" >&2; exit 2 ;;
-  esac
-done
+. ../tools/parse_options.sh
 exp=${exp:-../../exp/spoof/$(basename "$config" .yaml)}
 mkdir -p "$exp"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

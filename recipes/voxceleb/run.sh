@@ -18,14 +18,7 @@ min_seconds=0.5                          # stage 5: shortest clip the exported m
 trials_root=$shared/speech/wav
 overrides=()                             # --set key=value, passed to every lightsv.trainer call
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --set) overrides+=(--set "$2"); shift 2 ;;
-    --*) name=${1#--}; [ -n "${!name+x}" ] || { echo "run.sh: unknown option $1" >&2; exit 2; }
-         printf -v "$name" '%s' "$2"; shift 2 ;;
-    *) echo "run.sh: unexpected argument $1" >&2; exit 2 ;;
-  esac
-done
+. ../tools/parse_options.sh
 exp=${exp:-../../exp/voxceleb/$(basename "$config" .yaml)}
 mkdir -p "$exp" "$datadir"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the configs set torch's threads; keep BLAS to one as well

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightsv.errors import ConfigError
 from lightsv.models.pooling import AttentiveStatsPool, frame_mask
 
 
@@ -22,32 +23,58 @@ class EcapaConfig:
     se_channels: int = 128
     attention_channels: int = 128
     mfa_channels: int = 1536
+    # Options that reproduce other toolkits' ECAPA-TDNN exactly (lightsv.importers):
+    padding_mode: str = "zeros"  # "reflect": SpeechBrain pads its convolutions by reflection
+    embed_norm: bool = True  # False: the embedding is a biased linear layer with no batch norm after it
+    stats_eps: float = 1e-5  # variance floor of the attentive statistics (SpeechBrain: 1e-12)
+
+    def __post_init__(self) -> None:
+        if self.padding_mode not in ("zeros", "reflect"):
+            raise ConfigError(f"ecapa_tdnn: padding_mode {self.padding_mode!r}: use 'zeros' or 'reflect'")
 
 
 class ConvBlock(nn.Module):
     """A TDNN layer: dilated 1-D convolution, ReLU, batch norm."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, padding_mode: str = "zeros"
+    ):
         super().__init__()
-        self.conv = nn.Conv1d(
-            in_channels, out_channels, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2
-        )
+        self.pad = dilation * (kernel_size - 1) // 2
+        self.reflect = padding_mode == "reflect" and self.pad > 0
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, padding=0 if self.reflect else self.pad)
         self.norm = nn.BatchNorm1d(out_channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.reflect:
+            x = reflect_pad(x, self.pad, mask)
         y = self.norm(torch.relu(self.conv(x)))
         # batch norm shifts padded frames away from zero; the next convolution would read them
         return y if mask is None else y * mask
 
 
+def reflect_pad(x: torch.Tensor, pad: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Pad [B, C, T] by `pad` frames each side, mirrored at each row's last valid frame (not at T), so an
+    utterance gets the same padding alone or in a padded batch."""
+    if mask is None:
+        return nn.functional.pad(x, (pad, pad), mode="reflect")
+    steps = x.shape[-1]
+    last = mask.sum(dim=-1).to(torch.long) - 1  # [B, 1]
+    t = torch.arange(-pad, steps + pad, device=x.device)[None, :]
+    index = torch.where(t < 0, -t, torch.where(t > last, 2 * last - t, t)).clamp(0, steps - 1)
+    return x.gather(2, index.unsqueeze(1).expand(-1, x.shape[1], -1))
+
+
 class Res2Conv(nn.Module):
     """Res2Net hierarchy: chunk i is convolved after adding chunk i-1's output, growing the receptive field."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, padding_mode: str = "zeros"):
         super().__init__()
         self.scale = scale  # a number of chunks, not channels: narrow copies keep it
         width = channels // scale
-        self.convs = nn.ModuleList(ConvBlock(width, width, kernel_size, dilation) for _ in range(scale - 1))
+        self.convs = nn.ModuleList(
+            ConvBlock(width, width, kernel_size, dilation, padding_mode) for _ in range(scale - 1)
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         chunks = torch.chunk(x, self.scale, dim=1)
@@ -74,11 +101,18 @@ class SqueezeExcite(nn.Module):
 
 class SERes2Block(nn.Module):
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int, scale: int, se_channels: int
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int,
+        scale: int,
+        se_channels: int,
+        padding_mode: str = "zeros",
     ):
         super().__init__()
         self.conv_in = ConvBlock(in_channels, out_channels, 1)
-        self.res2 = Res2Conv(out_channels, kernel_size, dilation, scale)
+        self.res2 = Res2Conv(out_channels, kernel_size, dilation, scale, padding_mode)
         self.conv_out = ConvBlock(out_channels, out_channels, 1)
         self.se = SqueezeExcite(out_channels, se_channels)
         self.shortcut = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -98,15 +132,16 @@ class EcapaTdnn(nn.Module):
         c = config
         self.config = c
         self.feat_dim, self.embed_dim = c.feat_dim, c.embed_dim
-        self.layer1 = ConvBlock(c.feat_dim, c.channels, kernel_size=5)
-        self.layer2 = SERes2Block(c.channels, c.channels, 3, 2, c.scale, c.se_channels)
-        self.layer3 = SERes2Block(c.channels, c.channels, 3, 3, c.scale, c.se_channels)
-        self.layer4 = SERes2Block(c.channels, c.channels, 3, 4, c.scale, c.se_channels)
+        self.layer1 = ConvBlock(c.feat_dim, c.channels, 5, 1, c.padding_mode)
+        self.layer2 = SERes2Block(c.channels, c.channels, 3, 2, c.scale, c.se_channels, c.padding_mode)
+        self.layer3 = SERes2Block(c.channels, c.channels, 3, 3, c.scale, c.se_channels, c.padding_mode)
+        self.layer4 = SERes2Block(c.channels, c.channels, 3, 4, c.scale, c.se_channels, c.padding_mode)
         self.mfa = ConvBlock(3 * c.channels, c.mfa_channels, 1)
-        self.pool = AttentiveStatsPool(c.mfa_channels, c.attention_channels)
+        self.pool = AttentiveStatsPool(c.mfa_channels, c.attention_channels, eps=c.stats_eps)
         self.pool_norm = nn.BatchNorm1d(2 * c.mfa_channels)
-        self.embed = nn.Linear(2 * c.mfa_channels, c.embed_dim, bias=False)  # embed_norm recentres it
-        self.embed_norm = nn.BatchNorm1d(c.embed_dim)
+        # with embed_norm the batch norm recentres the embedding, so the linear layer needs no bias
+        self.embed = nn.Linear(2 * c.mfa_channels, c.embed_dim, bias=not c.embed_norm)
+        self.embed_norm: nn.Module = nn.BatchNorm1d(c.embed_dim) if c.embed_norm else nn.Identity()
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = feats.transpose(1, 2)

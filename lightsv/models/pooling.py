@@ -44,9 +44,10 @@ class AttentiveStatsPool(nn.Module):
     typical they are of the whole recording.
     """
 
-    def __init__(self, channels: int, attention_channels: int = 128):
+    def __init__(self, channels: int, attention_channels: int = 128, eps: float = 1e-5):
         super().__init__()
         self.in_channels = channels  # declared because the first layer sees 3x as many
+        self.eps = eps
         self.attention = nn.Sequential(
             nn.Conv1d(channels * 3, attention_channels, kernel_size=1),
             nn.ReLU(),
@@ -58,10 +59,10 @@ class AttentiveStatsPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
-        mean, std = masked_mean_std(x, mask)
+        mean, std = masked_mean_std(x, mask, self.eps)
         steps = x.shape[-1]
         context = torch.cat([x, mean.unsqueeze(-1).expand(-1, -1, steps), std.unsqueeze(-1).expand(-1, -1, steps)], 1)
         logits = self.attention(context).masked_fill(mask == 0, float("-inf"))
         weights = torch.softmax(logits, dim=-1)
-        mean, std = masked_mean_std(x, weights)
+        mean, std = masked_mean_std(x, weights, self.eps)
         return torch.cat([mean, std], dim=1)

@@ -505,6 +505,18 @@ def _run_export(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    from lightsv.importers.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from lightsv.importers.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": (
@@ -532,6 +544,11 @@ COMMANDS = {
         "export a model to one ONNX file (waveform in, embedding out; optionally int8 or for sherpa-onnx)",
         _add_export,
         _run_export,
+    ),
+    "import": (
+        "convert a WeSpeaker or SpeechBrain speaker model into a lightsv checkpoint (front-end included)",
+        _add_import,
+        _run_import,
     ),
 }
 

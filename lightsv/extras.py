@@ -6,7 +6,11 @@ constraints.txt when run from a checkout). torchaudio on the registry is a CUDA 
 files are removed (torchaudio then runs on its pure-Python parts, which is all speechbrain's
 ECAPA-TDNN needs). resemblyzer (the distillation teacher and benchmark peer) declares `webrtcvad`,
 which does not build here, so it is installed without dependencies and `webrtcvad-wheels` (the same
-module, prebuilt) goes beside it. Running it again is a no-op that still verifies. Exit code 2 on failure.
+module, prebuilt) goes beside it. ``wespeaker`` installs pyannote.audio without dependencies (its own
+pull in lightning and a dozen more): only its port of WeSpeaker's ResNet
+(``pyannote/audio/models/embedding/wespeaker/resnet.py``, which needs torch and einops) is used, loaded
+by :func:`wespeaker_resnet` without running pyannote's package imports; the WeSpeaker parity tests run
+it against lightsv's importer. Running it again is a no-op that still verifies. Exit code 2 on failure.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 EXTRAS: dict[str, list[list[str]]] = {
     "speechbrain": [["speechbrain>=1.0", "torchaudio"]],
     "teacher": [["--no-deps", "resemblyzer==0.1.4"], ["librosa", "webrtcvad-wheels"]],
+    "wespeaker": [["--no-deps", "pyannote.audio==3.3.2"], ["einops", "torchaudio"]],
 }
 # Code run in a fresh interpreter to prove the extra works.
 CHECKS: dict[str, str] = {
@@ -31,7 +36,41 @@ CHECKS: dict[str, str] = {
     "import torch, torchaudio\nprint(f'torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
     "speechbrain {speechbrain.__version__}')",
     "teacher": "from resemblyzer import VoiceEncoder\nVoiceEncoder('cpu', verbose=False)\nprint('resemblyzer loads')",
+    "wespeaker": "import torchaudio.compliance.kaldi\nfrom lightsv.extras import wespeaker_resnet\n"
+    "m = wespeaker_resnet().ResNet34(feat_dim=80, embed_dim=256, two_emb_layer=False)\n"
+    "print(f'pyannote.audio WeSpeaker ResNet34: {sum(p.numel() for p in m.parameters())} parameters')",
 }
+
+
+def wespeaker_resnet():
+    """pyannote.audio's port of WeSpeaker's ResNet module (``...embedding.wespeaker.resnet``), loaded
+    from its files with the two pyannote modules it imports, never running pyannote's package
+    ``__init__`` (which needs lightning and the rest of pyannote's stack)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("pyannote")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    root = next((Path(r) / "audio" for r in roots if (Path(r) / "audio/models/embedding/wespeaker/resnet.py").is_file()), None)
+    if root is None:
+        raise ImportError("pyannote.audio is not installed: python -m lightsv.extras wespeaker")
+    parts = {
+        "pyannote.audio.models.blocks.pooling": root / "models/blocks/pooling.py",
+        "pyannote.audio.utils.receptive_field": root / "utils/receptive_field.py",
+        "pyannote.audio.models.embedding.wespeaker.resnet": root / "models/embedding/wespeaker/resnet.py",
+    }
+    module: types.ModuleType | None = None
+    for name, path in parts.items():
+        if name in sys.modules:
+            module = sys.modules[name]
+            continue
+        file_spec = importlib.util.spec_from_file_location(name, path)
+        assert file_spec is not None and file_spec.loader is not None
+        module = importlib.util.module_from_spec(file_spec)
+        sys.modules[name] = module
+        file_spec.loader.exec_module(module)
+    assert module is not None
+    return module
 
 
 class ExtrasError(Exception):
@@ -128,7 +167,7 @@ def install(extra: str) -> None:
         else:
             _pip_install(requirements)
     proc = _run_python(CHECKS[extra])
-    if proc.returncode != 0 and extra == "speechbrain":
+    if proc.returncode != 0 and extra in ("speechbrain", "wespeaker"):
         _make_torchaudio_importable()
         proc = _run_python(CHECKS[extra])
     if proc.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
@@ -99,3 +100,82 @@ def speechbrain_release(
     classifier = EncoderClassifier(modules=hparams["modules"], hparams=hparams)
     classifier.eval()
     return directory, classifier
+
+
+WESPEAKER_CONFIG = """\
+# the parts of a WeSpeaker config.yaml (voxceleb resnet34 recipe) the importer reads, and a few it does not
+exp_dir: exp/ResNet34-TSTP-emb256-fbank80-num_frms200-aug0.6-spTrue-saFalse-ArcMargin-SGD-epoch150
+gpus: "[0,1]"
+num_avg: 10
+enable_amp: false
+dataset_args:
+  shuffle: true
+  filter: true
+  num_frms: 200
+  aug_prob: 0.6
+  speed_perturb: true
+  fbank_args:
+    num_mel_bins: {n_mels}
+    frame_shift: 10
+    frame_length: 25
+    dither: 1.0
+  spec_aug: false
+model: {model}
+model_args:
+  feat_dim: {n_mels}
+  embed_dim: {embed}
+  pooling_func: "TSTP"
+  two_emb_layer: false
+projection_args:
+  project_type: "arc_margin"
+  scale: 32.0
+  easy_margin: false
+"""
+
+
+def wespeaker_release(directory: Path, *, model="ResNet34", n_mels=40, embed=32, speakers=11, seed=0):
+    """(directory, ResNet) of a random WeSpeaker ResNet release, the model from pyannote.audio's port of
+    WeSpeaker's code; avg_model.pt holds the training head (projection.weight) as WeSpeaker's do."""
+    from lightsv.extras import wespeaker_resnet
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(WESPEAKER_CONFIG.format(model=model, n_mels=n_mels, embed=embed))
+    module = wespeaker_resnet()
+    net = getattr(module, model)(feat_dim=n_mels, embed_dim=embed, two_emb_layer=False)
+    # pyannote's port pools with its own StatsPool (std without WeSpeaker's + 1e-7, which matters for
+    # channels a ReLU silenced); WeSpeaker's TSTP is the code pyannote left commented out in the same file
+    net.pool.forward = types.MethodType(_wespeaker_tstp, net.pool)
+    randomize(net, seed)
+    net.eval()
+    state = dict(net.state_dict())
+    state["projection.weight"] = torch.randn(speakers, embed)
+    torch.save(state, directory / "avg_model.pt")
+    return directory, net
+
+
+def wespeaker_embed(net, wav: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """WeSpeaker's inference on one waveform [N] in [-1, 1]: Kaldi fbank of int16-scaled samples with a
+    Hamming window, mean normalisation, the ResNet (wespeaker/cli/speaker.py, infer_onnx.py)."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    feats = kaldi.fbank(
+        wav[None] * (1 << 15),
+        num_mel_bins=n_mels,
+        frame_length=25,
+        frame_shift=10,
+        dither=0.0,
+        sample_frequency=16000,
+        window_type="hamming",
+        use_energy=False,
+    )
+    feats = feats - feats.mean(dim=0)
+    with torch.no_grad():
+        return net(feats[None])[1]
+
+
+def _wespeaker_tstp(self, x, weights=None):
+    pooling_mean = x.mean(dim=-1)
+    pooling_std = torch.sqrt(torch.var(x, dim=-1) + 1e-7)
+    pooling_mean = pooling_mean.flatten(start_dim=1)
+    pooling_std = pooling_std.flatten(start_dim=1)
+    return torch.cat((pooling_mean, pooling_std), 1)

@@ -31,8 +31,17 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5):
 class StatsPool(nn.Module):
     """Mean and standard deviation over time: [B, C, T] -> [B, 2C]."""
 
+    def __init__(self, tstp: bool = False):
+        super().__init__()
+        self.tstp = tstp  # WeSpeaker's TSTP: sqrt(unbiased variance + 1e-7), as torch.var computes it
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
+        if self.tstp:
+            count = mask.sum(dim=-1, keepdim=True)
+            mean = (x * mask).sum(dim=-1, keepdim=True) / count.clamp(min=1)
+            var = ((x - mean).pow(2) * mask).sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)
+            return torch.cat([mean.squeeze(-1), (var + 1e-7).sqrt().squeeze(-1)], dim=1)
         mean, std = masked_mean_std(x, mask)
         return torch.cat([mean, std], dim=1)
 

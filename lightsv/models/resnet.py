@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightsv.errors import ConfigError
 from lightsv.models.pooling import StatsPool, frame_mask
 
 
@@ -15,6 +16,11 @@ class ResNetConfig:
     embed_dim: int = 256
     base_width: int = 32
     layers: tuple[int, ...] = (3, 4, 6, 3)
+    pooling: str = "stats"  # or "tstp": WeSpeaker's, sqrt(unbiased variance + 1e-7) (lightsv.importers)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("stats", "tstp"):
+            raise ConfigError(f"resnet: pooling {self.pooling!r}: use 'stats' or 'tstp'")
 
 
 class BasicBlock(nn.Module):
@@ -63,7 +69,7 @@ class ResNet(nn.Module):
         freq = c.feat_dim
         for s in strides:
             freq = (freq + s - 1) // s
-        self.pool = StatsPool()
+        self.pool = StatsPool(tstp=c.pooling == "tstp")
         self.embed = nn.Linear(2 * channels * freq, c.embed_dim)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

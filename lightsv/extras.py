@@ -51,7 +51,9 @@ def wespeaker_resnet():
 
     spec = importlib.util.find_spec("pyannote")
     roots = list(spec.submodule_search_locations or []) if spec else []
-    root = next((Path(r) / "audio" for r in roots if (Path(r) / "audio/models/embedding/wespeaker/resnet.py").is_file()), None)
+    root = next(
+        (Path(r) / "audio" for r in roots if (Path(r) / "audio/models/embedding/wespeaker/resnet.py").is_file()), None
+    )
     if root is None:
         raise ImportError("pyannote.audio is not installed: python -m lightsv.extras wespeaker")
     parts = {

@@ -50,7 +50,9 @@ class FbankConfig:
             raise ConfigError(f"fbank: unknown style {self.style!r} (use {' or '.join(map(repr, STYLES))})")
         if self.style == "speechbrain" and self.win_length != self.n_fft:
             # torch.stft would centre a shorter window inside n_fft; no SpeechBrain recipe does that
-            raise ConfigError(f"fbank: speechbrain style needs frame length ({self.win_length}) == n_fft ({self.n_fft})")
+            raise ConfigError(
+                f"fbank: speechbrain style needs frame length ({self.win_length}) == n_fft ({self.n_fft})"
+            )
 
     @property
     def win_length(self) -> int:

@@ -106,6 +106,9 @@ class FinetuneConfig:
 
 @dataclass
 class TrainConfig:
+    # A lightsv checkpoint (e.g. from `lightsv import`) to start from: its architecture, weights and
+    # filterbank; `model` and `features` then come from it (a config that sets different ones is refused).
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     transform: TransformConfig | None = None
@@ -199,9 +202,42 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> TrainConfig:
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         _set(data, key.strip(), yaml.safe_load(raw))
+    if data.get("init_from") is not None:
+        data = _inherit(data)
     config = _from_dict(TrainConfig, data)
     check(config)
     return config
+
+
+def _inherit(data: dict) -> dict:
+    """`data` with the model and filterbank of its `init_from` checkpoint filled in."""
+    from lightsv.checkpoint import read_checkpoint
+    from lightsv.errors import CheckpointError
+    from lightsv.verifier import _features
+
+    path = data["init_from"]
+    if not isinstance(path, str):
+        raise ConfigError(f"init_from: expected a checkpoint path, got {path!r}")
+    try:
+        checkpoint = read_checkpoint(path)
+        features = dataclasses.asdict(_features(checkpoint.get("extra") or {}, path))
+    except CheckpointError as err:
+        raise ConfigError(f"init_from: {err}") from None
+    model = {"name": checkpoint["model"], "options": json.loads(json.dumps(checkpoint["config"]))}
+    if "model" in data and data["model"] != model:
+        raise ConfigError(f"init_from: the model comes from {path} ({model['name']}); drop the model section")
+    if "features" in data:
+        set_here = data["features"] or {}
+        given = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
+        differ = sorted(k for k in set_here if given[k] != features[k])
+        if differ:
+            raise ConfigError(
+                f"init_from: features.{', features.'.join(differ)} differ from the filterbank {path} was trained "
+                "with; drop the features section to use its own"
+            )
+    if checkpoint.get("tuners"):
+        raise ConfigError(f"init_from: {path} carries tuners or a transformation already; start from a plain model")
+    return {**data, "model": model, "features": features}
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -293,9 +329,15 @@ def check(c: TrainConfig) -> None:
 
 
 def build(c: TrainConfig) -> nn.Module:
-    """The backbone a config describes, with the transformation module and tuners when configured;
+    """The backbone a config describes (or the `init_from` checkpoint's, with its weights), with the
+    transformation module and tuners when configured;
     a model with `prepare_training` (e.g. lightsv.ssl's) then freezes what does not train."""
-    model = build_model(c.model.name, **{"feat_dim": c.features.n_mels, **c.model.options})
+    if c.init_from is not None:
+        from lightsv.checkpoint import load_model
+
+        model = load_model(c.init_from).train()  # the imported (or earlier trained) weights
+    else:
+        model = build_model(c.model.name, **{"feat_dim": c.features.n_mels, **c.model.options})
     if c.transform is not None:
         transform.apply(model, subsets=c.transform.subsets, share=c.transform.share, fusion=c.transform.fusion)
     model = replay(model, [{"kind": r["kind"], "options": dict(r.get("options", {}))} for r in c.tuners])

@@ -9,6 +9,7 @@ embeddings. Anything that does not match what the importer knows raises Checkpoi
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +32,6 @@ def import_model(toolkit: str, source: str | os.PathLike, out: str | os.PathLike
 
 
 def _importer(toolkit: str) -> Callable:
-    if toolkit == "speechbrain":
-        from lightsv.importers.speechbrain import load
-
-        return load
-    if toolkit == "wespeaker":
-        from lightsv.importers.wespeaker import load
-
-        return load
+    if toolkit in TOOLKITS:  # one module per toolkit, imported on use
+        return importlib.import_module(f"lightsv.importers.{toolkit}").load
     raise ConfigError(f"unknown toolkit {toolkit!r}; lightsv imports from: {', '.join(TOOLKITS)}")

@@ -16,9 +16,7 @@ SOURCES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("toolkit", choices=TOOLKITS, metavar="TOOLKIT", help=f"one of: {', '.join(TOOLKITS)}")
-    parser.add_argument(
-        "source", metavar="SOURCE", help="; ".join(f"{k}: {v}" for k, v in SOURCES.items())
-    )
+    parser.add_argument("source", metavar="SOURCE", help="; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
     parser.add_argument("--out", required=True, metavar="CKPT", help="the lightsv checkpoint to write (.pt)")
     parser.add_argument(
         "--embedding-norm",

@@ -44,7 +44,9 @@ def load(source: Path, embedding_norm: bool = False):
     apply it, so neither does lightsv by default.
     """
     if not source.is_dir():
-        raise CheckpointError(f"{source}: expected SpeechBrain's release directory (hyperparams.yaml, embedding_model.ckpt)")
+        raise CheckpointError(
+            f"{source}: expected SpeechBrain's release directory (hyperparams.yaml, embedding_model.ckpt)"
+        )
     hparams = HyperYaml(_require(source / "hyperparams.yaml", "SpeechBrain's hyperparams.yaml"))
     features = _features(hparams)
     config = _ecapa_config(hparams, features.n_mels)
@@ -62,7 +64,12 @@ def load(source: Path, embedding_norm: bool = False):
     model.eval()
     extra = {
         "features": dataclasses.asdict(features),
-        "imported_from": {"toolkit": "speechbrain", "source": str(source), "sha256": files, "embedding_norm": embedding_norm},
+        "imported_from": {
+            "toolkit": "speechbrain",
+            "source": str(source),
+            "sha256": files,
+            "embedding_norm": embedding_norm,
+        },
     }
     return model, extra
 
@@ -77,7 +84,9 @@ def _features(hparams: HyperYaml) -> FbankConfig:
     args = hparams.object("compute_features", (FBANK,))
     for key, value in FBANK_FIXED.items():
         if key in args and args[key] != value:
-            raise CheckpointError(f"{hparams.path}: compute_features.{key} is {args[key]!r}; lightsv reproduces {value!r}")
+            raise CheckpointError(
+                f"{hparams.path}: compute_features.{key} is {args[key]!r}; lightsv reproduces {value!r}"
+            )
     known = set(FBANK_FIXED) | IGNORED | {"n_mels", "f_min", "f_max", "n_fft", "win_length", "hop_length"}
     known |= {"left_frames", "right_frames"}  # used only with context=True
     _refuse_unknown(hparams, "compute_features", args, known)
@@ -112,11 +121,17 @@ def _ecapa_config(hparams: HyperYaml, n_mels: int) -> dict:
     _refuse_unknown(hparams, "embedding_model", args, known)
     for key, value in ECAPA_FIXED.items():
         if key in args and args[key] != value:
-            raise CheckpointError(f"{hparams.path}: embedding_model.{key} is {args[key]!r}; lightsv's ECAPA-TDNN has {value!r}")
+            raise CheckpointError(
+                f"{hparams.path}: embedding_model.{key} is {args[key]!r}; lightsv's ECAPA-TDNN has {value!r}"
+            )
     if int(args.get("input_size", -1)) != n_mels:
-        raise CheckpointError(f"{hparams.path}: embedding_model.input_size {args.get('input_size')!r} != n_mels {n_mels}")
+        raise CheckpointError(
+            f"{hparams.path}: embedding_model.input_size {args.get('input_size')!r} != n_mels {n_mels}"
+        )
     if any(g != 1 for g in args.get("groups", [1] * 5)):
-        raise CheckpointError(f"{hparams.path}: embedding_model.groups {args['groups']!r}; lightsv has ungrouped convolutions")
+        raise CheckpointError(
+            f"{hparams.path}: embedding_model.groups {args['groups']!r}; lightsv has ungrouped convolutions"
+        )
     activation = args.get("activation")
     if activation is not None and getattr(activation, "target", None) != "torch.nn.ReLU":
         raise CheckpointError(f"{hparams.path}: embedding_model.activation is not torch.nn.ReLU")
@@ -124,7 +139,8 @@ def _ecapa_config(hparams: HyperYaml, n_mels: int) -> dict:
     channels = a["channels"]
     if not (isinstance(channels, list) and len(channels) == 5 and len(set(channels[:4])) == 1):
         raise CheckpointError(
-            f"{hparams.path}: embedding_model.channels {channels!r}; lightsv's ECAPA-TDNN has 4 equal widths then the aggregation's"
+            f"{hparams.path}: embedding_model.channels {channels!r}; "
+            "lightsv's ECAPA-TDNN has 4 equal widths, then the aggregation's"
         )
     return {
         "feat_dim": n_mels,
@@ -167,7 +183,10 @@ def _names(state: dict, c: dict) -> dict[str, str | None]:
             names[f"{sb}.se_block.conv1.conv.{p}"] = f"{ours}.se.reduce.{p}"
             names[f"{sb}.se_block.conv2.conv.{p}"] = f"{ours}.se.expand.{p}"
     tdnn("mfa", "mfa")
-    names["asp.tdnn.conv.conv.weight"], names["asp.tdnn.conv.conv.bias"] = "pool.attention.0.weight", "pool.attention.0.bias"
+    names["asp.tdnn.conv.conv.weight"], names["asp.tdnn.conv.conv.bias"] = (
+        "pool.attention.0.weight",
+        "pool.attention.0.bias",
+    )
     names.update({f"asp.tdnn.norm.norm.{p}": f"pool.attention.2.{p}" for p in bn})
     names["asp.conv.conv.weight"] = "pool.attention.4.weight"
     names["asp.conv.conv.bias"] = None  # a per-channel constant before a softmax over time changes nothing
@@ -202,15 +221,16 @@ def _fold_embedding_norm(model: torch.nn.Module, path: Path, std_norm: bool) -> 
     """(W x + b - mean) / std as one linear layer: SpeechBrain's global InputNormalization of embeddings."""
     stats = load_state(path, "SpeechBrain mean_var_norm_emb.ckpt")
     mean, std = stats.get("glob_mean"), stats.get("glob_std")
-    embed = model.embed  # type: ignore[union-attr]
+    embed = model.get_submodule("embed")
+    assert isinstance(embed, torch.nn.Linear)  # EcapaTdnn's embedding layer
     dim = embed.out_features
     if not isinstance(mean, torch.Tensor) or mean.numel() != dim:
         raise CheckpointError(f"{path}: expected glob_mean of {dim} values (InputNormalization statistics)")
     with torch.no_grad():
-        embed.bias -= mean.reshape(-1).to(embed.bias.dtype)
+        embed.bias.sub_(mean.reshape(-1).to(embed.bias.dtype))
         if std_norm:
             if not isinstance(std, torch.Tensor) or std.numel() != dim:
                 raise CheckpointError(f"{path}: expected glob_std of {dim} values (std_norm is on)")
             scale = 1.0 / std.reshape(-1).clamp(min=1e-10).to(embed.bias.dtype)  # its epsilon
-            embed.weight *= scale[:, None]
-            embed.bias *= scale
+            embed.weight.mul_(scale[:, None])
+            embed.bias.mul_(scale)

@@ -43,7 +43,7 @@ def move(
     target = model.state_dict()
     unknown = sorted(k for k in source if k not in names)
     absent = sorted(k for k in names if k not in source)
-    mapped = {names[k]: v for k, v in source.items() if names.get(k) is not None}
+    mapped = {name: v for k, v in source.items() if (name := names.get(k)) is not None}
     unfilled = sorted(k for k in target if k not in mapped)
     shapes = [
         f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"

@@ -42,7 +42,9 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.pad = dilation * (kernel_size - 1) // 2
         self.reflect = padding_mode == "reflect" and self.pad > 0
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, padding=0 if self.reflect else self.pad)
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, dilation=dilation, padding=0 if self.reflect else self.pad
+        )
         self.norm = nn.BatchNorm1d(out_channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

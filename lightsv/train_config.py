@@ -202,7 +202,7 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> TrainConfig:
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         _set(data, key.strip(), yaml.safe_load(raw))
-    if data.get("init_from") is not None:
+    if isinstance(data, dict) and data.get("init_from") is not None:
         data = _inherit(data)
     config = _from_dict(TrainConfig, data)
     check(config)

@@ -128,6 +128,29 @@ def test_speechbrain_embeddings_match_in_torch_verifier_and_onnx(speechbrain_pai
 
 
 @needs_speechbrain
+def test_sherpa_onnx_export_of_a_speechbrain_model_is_refused(speechbrain_pair, tmp_path):
+    pytest.importorskip("onnxscript")
+    from lightsv.edge.export import ExportConfig, ExportError, export_checkpoint
+
+    with pytest.raises(ExportError, match="sherpa-onnx computes Kaldi filterbanks"):
+        export_checkpoint(speechbrain_pair[2], tmp_path / "s.onnx", config=ExportConfig(format="sherpa-onnx"))
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(speechbrain_pair[2]),
+                "--format",
+                "sherpa-onnx",
+                "--out",
+                str(tmp_path / "s.onnx"),
+            ]
+        )
+        == 2
+    )
+
+
+@needs_speechbrain
 def test_speechbrain_embedding_norm_is_encode_batch_normalize(speechbrain_pair):
     directory, encoder, _ = speechbrain_pair
     model, extra = import_model("speechbrain", directory, embedding_norm=True)

@@ -56,7 +56,14 @@ class FeatureEmbedder(nn.Module):
 
 
 def sherpa_graph(model: nn.Module, features: FbankConfig, opset: int):
-    from lightsv.edge.export import _dynamo_export
+    from lightsv.edge.export import ExportError, _dynamo_export
+
+    if features.style != "kaldi":
+        # no fixed matrix maps Kaldi's log-mels onto another toolkit's (window, framing, dB clipping)
+        raise ExportError(
+            f"sherpa-onnx computes Kaldi filterbanks; this model reads a {features.style}-style filterbank "
+            "(an imported model): export the lightsv format, which carries its own front-end"
+        )
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     frames = torch.export.Dim("frames", min=2, max=60001)

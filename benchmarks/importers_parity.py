@@ -6,11 +6,12 @@ No pretrained weights can be downloaded here, so each release is built with rand
 random batch-norm statistics) in the toolkit's own layout by the toolkit's own code, exactly as the
 parity tests do (tests/importers_fixtures.py): SpeechBrain's spkrec-ecapa-voxceleb architecture
 (ECAPA-TDNN, 1024 channels, 80 mels) and WeSpeaker's voxceleb ResNet34 (80 mels, 256-dim, model from
-pyannote.audio's port of WeSpeaker's code with WeSpeaker's TSTP). Every clip is embedded by the
+pyannote.audio's port of WeSpeaker's code with WeSpeaker's TSTP) and 3D-Speaker's ECAPA-TDNN release
+(``ecapa_tdnn.bin``, speakerlab's class and FBank). Every clip is embedded by the
 toolkit's pipeline one at a time, and by lightsv from the waveform in padded batches: the imported
 checkpoint in torch (Verifier), and its ONNX export with each in-graph front-end (matrix, fft).
 Reported: the largest absolute difference between unit-length embeddings and the smallest cosine.
-Needs `python -m lightsv.extras speechbrain wespeaker`.
+Needs `python -m lightsv.extras speechbrain wespeaker 3dspeaker`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from importers_fixtures import speechbrain_release, wespeaker_embed, wespeaker_release  # noqa: E402
+from importers_fixtures import (  # noqa: E402
+    speechbrain_release,
+    threedspeaker_embed,
+    threedspeaker_release,
+    wespeaker_embed,
+    wespeaker_release,
+)
 
 from lightsv import Verifier  # noqa: E402
 from lightsv.audio import load  # noqa: E402
@@ -70,6 +77,7 @@ def main() -> int:
             tmp_dir / "sb", n_mels=80, channels=(1024, 1024, 1024, 1024, 3072), attention=128, se=128, lin=192
         )
         we_dir, net = wespeaker_release(tmp_dir / "we", model="ResNet34", n_mels=80, embed=256)
+        td_file, td_net = threedspeaker_release(tmp_dir / "3d")
         systems = {
             "SpeechBrain ECAPA-TDNN (spkrec-ecapa-voxceleb size)": (
                 "speechbrain",
@@ -80,6 +88,11 @@ def main() -> int:
                 "wespeaker",
                 we_dir,
                 lambda w: wespeaker_embed(net, torch.from_numpy(w), 80)[0].numpy(),
+            ),
+            "3D-Speaker ECAPA-TDNN (speech_ecapa-tdnn_sv_en_voxceleb_16k size)": (
+                "3dspeaker",
+                td_file,
+                lambda w: threedspeaker_embed(td_net, torch.from_numpy(w))[0].numpy(),
             ),
         }
         for name, (toolkit, directory, reference) in systems.items():

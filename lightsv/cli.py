@@ -546,7 +546,7 @@ COMMANDS = {
         _run_export,
     ),
     "import": (
-        "convert a WeSpeaker or SpeechBrain speaker model into a lightsv checkpoint (front-end included)",
+        "convert a SpeechBrain, WeSpeaker or 3D-Speaker model into a lightsv checkpoint (front-end included)",
         _add_import,
         _run_import,
     ),

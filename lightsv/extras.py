@@ -10,7 +10,9 @@ module, prebuilt) goes beside it. ``wespeaker`` installs pyannote.audio without 
 pull in lightning and a dozen more): only its port of WeSpeaker's ResNet
 (``pyannote/audio/models/embedding/wespeaker/resnet.py``, which needs torch and einops) is used, loaded
 by :func:`wespeaker_resnet` without running pyannote's package imports; the WeSpeaker parity tests run
-it against lightsv's importer. Running it again is a no-op that still verifies. Exit code 2 on failure.
+it against lightsv's importer. ``3dspeaker`` installs speakerlab (3D-Speaker's code) without its
+dependencies (funasr, modelscope, datasets, ...): its model and front-end modules need only torch and
+torchaudio. Running it again is a no-op that still verifies. Exit code 2 on failure.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ EXTRAS: dict[str, list[list[str]]] = {
     "speechbrain": [["speechbrain>=1.0", "torchaudio"]],
     "teacher": [["--no-deps", "resemblyzer==0.1.4"], ["librosa", "webrtcvad-wheels"]],
     "wespeaker": [["--no-deps", "pyannote.audio==3.3.2"], ["einops", "torchaudio"]],
+    "3dspeaker": [["--no-deps", "speakerlab==0.0.6"], ["torchaudio"]],
 }
 # Code run in a fresh interpreter to prove the extra works.
 CHECKS: dict[str, str] = {
@@ -39,6 +42,10 @@ CHECKS: dict[str, str] = {
     "wespeaker": "import torchaudio.compliance.kaldi\nfrom lightsv.extras import wespeaker_resnet\n"
     "m = wespeaker_resnet().ResNet34(feat_dim=80, embed_dim=256, two_emb_layer=False)\n"
     "print(f'pyannote.audio WeSpeaker ResNet34: {sum(p.numel() for p in m.parameters())} parameters')",
+    "3dspeaker": "from speakerlab.models.ecapa_tdnn.ECAPA_TDNN import ECAPA_TDNN\n"
+    "from speakerlab.process.processor import FBank\n"
+    "m = ECAPA_TDNN(input_size=80, lin_neurons=192, channels=[1024, 1024, 1024, 1024, 3072])\n"
+    "print(f'speakerlab ECAPA-TDNN: {sum(p.numel() for p in m.parameters())} parameters')",
 }
 
 
@@ -169,7 +176,7 @@ def install(extra: str) -> None:
         else:
             _pip_install(requirements)
     proc = _run_python(CHECKS[extra])
-    if proc.returncode != 0 and extra in ("speechbrain", "wespeaker"):
+    if proc.returncode != 0 and extra in ("speechbrain", "wespeaker", "3dspeaker"):
         _make_torchaudio_importable()
         proc = _run_python(CHECKS[extra])
     if proc.returncode != 0:

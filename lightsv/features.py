@@ -44,6 +44,9 @@ class FbankConfig:
     log_floor: float = 1.1920929e-07  # Kaldi's float epsilon (speechbrain style: its amin, 1e-10)
     style: str = "kaldi"  # or "speechbrain" (see the module docstring)
     top_db: float = 80.0  # speechbrain style: values below the utterance's peak minus this are raised to it
+    # kaldi style: samples scaled to the int16 range first (Kaldi, WeSpeaker, lightsv); 3D-Speaker feeds
+    # [-1, 1] floats, which moves every log-mel but also where the log floor bites
+    int16_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -219,7 +222,7 @@ def _frame_matrix(c: FbankConfig, bins: np.ndarray) -> np.ndarray:
 
 def input_scale(c: FbankConfig) -> float:
     """What samples in [-1, 1] are multiplied by first: Kaldi-style front-ends read int16 values."""
-    return _INT16_SCALE if c.style == "kaldi" else 1.0
+    return _INT16_SCALE if c.style == "kaldi" and c.int16_scale else 1.0
 
 
 class Waveform(nn.Module):

@@ -179,3 +179,26 @@ def _wespeaker_tstp(self, x, weights=None):
     pooling_mean = pooling_mean.flatten(start_dim=1)
     pooling_std = pooling_std.flatten(start_dim=1)
     return torch.cat((pooling_mean, pooling_std), 1)
+
+
+def threedspeaker_release(directory: Path, *, seed=0):
+    """(model file, ECAPA_TDNN) of a random 3D-Speaker ECAPA-TDNN release (``ecapa_tdnn.bin``, the
+    architecture speakerlab/bin/infer_sv.py builds for it), made with speakerlab's own class."""
+    from speakerlab.models.ecapa_tdnn.ECAPA_TDNN import ECAPA_TDNN
+
+    directory.mkdir(parents=True, exist_ok=True)
+    net = ECAPA_TDNN(input_size=80, lin_neurons=192, channels=[1024, 1024, 1024, 1024, 3072])
+    randomize(net, seed)
+    net.eval()
+    torch.save(net.state_dict(), directory / "ecapa_tdnn.bin")
+    return directory / "ecapa_tdnn.bin", net
+
+
+def threedspeaker_embed(net, wav: torch.Tensor) -> torch.Tensor:
+    """3D-Speaker's inference (speakerlab/bin/infer_sv.py): its FBank(80, mean_nor=True) on the [-1, 1]
+    waveform, then the model."""
+    from speakerlab.process.processor import FBank
+
+    feats = FBank(80, sample_rate=16000, mean_nor=True)(wav[None]).unsqueeze(0)
+    with torch.no_grad():
+        return net(feats)

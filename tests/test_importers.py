@@ -1,9 +1,10 @@
 """Importing other toolkits' speaker models (lightsv.importers): parity with the toolkits' own code.
 
 Random weights in each toolkit's release layout, made by the toolkit's code (SpeechBrain; pyannote.audio's
-port of WeSpeaker's ResNet), are imported and must give the toolkit's embeddings from the waveform, in
-torch and after ONNX export (unit-length embeddings within 1e-4, cosine >= 0.9999). Needs the
-speechbrain and wespeaker extras (`python -m lightsv.extras speechbrain wespeaker`); skipped without.
+port of WeSpeaker's ResNet; 3D-Speaker's speakerlab), are imported and must give the toolkit's
+embeddings from the waveform, in torch and after ONNX export (unit-length embeddings within 1e-4,
+cosine >= 0.9999). Needs the speechbrain, wespeaker and 3dspeaker extras
+(`python -m lightsv.extras speechbrain wespeaker 3dspeaker`); skipped without.
 """
 
 import importlib.util
@@ -13,7 +14,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from importers_fixtures import speechbrain_release, wespeaker_embed, wespeaker_release
+from importers_fixtures import (
+    speechbrain_release,
+    threedspeaker_embed,
+    threedspeaker_release,
+    wespeaker_embed,
+    wespeaker_release,
+)
 from test_train import corpus as training_corpus
 
 import lightsv
@@ -43,6 +50,12 @@ def _has_wespeaker() -> bool:
 
 needs_wespeaker = pytest.mark.skipif(
     not _has_wespeaker(), reason="pyannote.audio's WeSpeaker port is not installed: python -m lightsv.extras wespeaker"
+)
+
+
+needs_3dspeaker = pytest.mark.skipif(
+    importlib.util.find_spec("speakerlab") is None or importlib.util.find_spec("torchaudio") is None,
+    reason="speakerlab (3D-Speaker's code) is not installed: python -m lightsv.extras 3dspeaker",
 )
 
 
@@ -248,6 +261,35 @@ def test_wespeaker_mismatches_are_named(wespeaker_pair, tmp_path):
     torch.save({k: v for k, v in state.items() if k != "seg_1.bias"}, release / "avg_model.pt")
     with pytest.raises(CheckpointError, match="missing keys: seg_1.bias"):
         import_model("wespeaker", release)
+
+
+# ----------------------------------------------------------------------------- 3D-Speaker
+
+
+@needs_3dspeaker
+def test_threedspeaker_ecapa_matches_in_torch(tmp_path):
+    # the released size (speakerlab's infer_sv.py table fixes it); ONNX parity is in
+    # benchmarks/results/importers_parity.md, as exporting this 20M-parameter model takes minutes here
+    path, net = threedspeaker_release(tmp_path / "release")
+    wavs = _clips()
+    theirs = [threedspeaker_embed(net, w)[0].numpy() for w in wavs]
+    out = tmp_path / "m.pt"
+    import_model("3dspeaker", path.parent, out=out)
+    _, extra = lightsv.load_model(out, return_extra=True)
+    assert extra["features"]["window"] == "povey" and extra["features"]["int16_scale"] is False
+    _assert_same(lightsv.Verifier.load(out, vad=False).embed_many([w.numpy() for w in wavs], sample_rate=16000), theirs)
+    renamed = tmp_path / "mine.pt"
+    shutil.copy(path, renamed)
+    with pytest.raises(CheckpointError, match="pass model= one of those names"):
+        import_model("3dspeaker", renamed)
+    import_model("3dspeaker", renamed, model="ecapa_tdnn.bin")
+    campplus = tmp_path / "cam" / "campplus_voxceleb.bin"
+    campplus.parent.mkdir()
+    shutil.copy(path, campplus)
+    with pytest.raises(CheckpointError, match="CAM\\+\\+ and ERes2Net are not imported yet"):
+        import_model("3dspeaker", campplus.parent)
+    with pytest.raises(CheckpointError, match="CAM\\+\\+ and ERes2Net are not imported yet"):
+        import_model("3dspeaker", campplus)
 
 
 # ----------------------------------------------------------------------------- both

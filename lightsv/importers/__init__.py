@@ -1,5 +1,7 @@
 """Import speaker models trained by other toolkits: ``import_model("speechbrain", DIR, out="model.pt")``.
 
+Toolkits: SpeechBrain (ECAPA-TDNN), WeSpeaker (ResNet18/34), 3D-Speaker (ECAPA-TDNN).
+
 Each toolkit has one small module that reads the toolkit's own release layout (never executing its
 YAML or pickled code), maps the weights onto a lightsv backbone whose config options reproduce the
 source architecture exactly, and records the source's front-end in the checkpoint's
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from lightsv.errors import ConfigError
 
-TOOLKITS = ("speechbrain", "wespeaker")
+#: toolkit name -> its module here
+TOOLKITS = {"speechbrain": "speechbrain", "wespeaker": "wespeaker", "3dspeaker": "threedspeaker"}
 
 
 def import_model(toolkit: str, source: str | os.PathLike, out: str | os.PathLike | None = None, **options):
@@ -33,5 +36,5 @@ def import_model(toolkit: str, source: str | os.PathLike, out: str | os.PathLike
 
 def _importer(toolkit: str) -> Callable:
     if toolkit in TOOLKITS:  # one module per toolkit, imported on use
-        return importlib.import_module(f"lightsv.importers.{toolkit}").load
+        return importlib.import_module(f"lightsv.importers.{TOOLKITS[toolkit]}").load
     raise ConfigError(f"unknown toolkit {toolkit!r}; lightsv imports from: {', '.join(TOOLKITS)}")

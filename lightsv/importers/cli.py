@@ -11,6 +11,7 @@ from lightsv.importers import TOOLKITS
 SOURCES = {
     "speechbrain": "the release directory: hyperparams.yaml, embedding_model.ckpt (mean_var_norm_emb.ckpt optional)",
     "wespeaker": "the release directory (config.yaml, avg_model.pt) or its avg_model.pt",
+    "3dspeaker": "the ECAPA-TDNN model file as released (ecapa_tdnn.bin, ecapa-tdnn.ckpt) or its directory",
 }
 
 

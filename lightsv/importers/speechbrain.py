@@ -53,7 +53,7 @@ def load(source: Path, embedding_norm: bool = False):
     model = build_model("ecapa_tdnn", **config)
     ckpt = source / "embedding_model.ckpt"
     state = load_state(_require(ckpt, "SpeechBrain's embedding_model.ckpt"), "SpeechBrain embedding_model.ckpt")
-    move(_reorder_res2(state, config), _names(state, config), model, str(ckpt))
+    move(reorder_res2(state, config), ecapa_names(state, config), model, str(ckpt))
     files = {"hyperparams.yaml": sha256(source / "hyperparams.yaml"), "embedding_model.ckpt": sha256(ckpt)}
     norm_file = source / "mean_var_norm_emb.ckpt"
     if embedding_norm:
@@ -119,27 +119,28 @@ def _ecapa_config(hparams: HyperYaml, n_mels: int) -> dict:
     args = hparams.object("embedding_model", (ECAPA,))
     known = set(ECAPA_FIXED) | set(ECAPA_DEFAULTS) | IGNORED | {"input_size", "activation", "groups"}
     _refuse_unknown(hparams, "embedding_model", args, known)
+    return ecapa_config(args, n_mels, str(hparams.path))
+
+
+def ecapa_config(args: dict, n_mels: int, where: str) -> dict:
+    """lightsv EcapaConfig options for the arguments of SpeechBrain's ECAPA_TDNN (3D-Speaker's is a copy)."""
     for key, value in ECAPA_FIXED.items():
         if key in args and args[key] != value:
             raise CheckpointError(
-                f"{hparams.path}: embedding_model.{key} is {args[key]!r}; lightsv's ECAPA-TDNN has {value!r}"
+                f"{where}: embedding_model.{key} is {args[key]!r}; lightsv's ECAPA-TDNN has {value!r}"
             )
     if int(args.get("input_size", -1)) != n_mels:
-        raise CheckpointError(
-            f"{hparams.path}: embedding_model.input_size {args.get('input_size')!r} != n_mels {n_mels}"
-        )
+        raise CheckpointError(f"{where}: embedding_model.input_size {args.get('input_size')!r} != n_mels {n_mels}")
     if any(g != 1 for g in args.get("groups", [1] * 5)):
-        raise CheckpointError(
-            f"{hparams.path}: embedding_model.groups {args['groups']!r}; lightsv has ungrouped convolutions"
-        )
+        raise CheckpointError(f"{where}: embedding_model.groups {args['groups']!r}; lightsv has ungrouped convolutions")
     activation = args.get("activation")
     if activation is not None and getattr(activation, "target", None) != "torch.nn.ReLU":
-        raise CheckpointError(f"{hparams.path}: embedding_model.activation is not torch.nn.ReLU")
+        raise CheckpointError(f"{where}: embedding_model.activation is not torch.nn.ReLU")
     a = {**ECAPA_DEFAULTS, **{k: v for k, v in args.items() if k in ECAPA_DEFAULTS}}
     channels = a["channels"]
     if not (isinstance(channels, list) and len(channels) == 5 and len(set(channels[:4])) == 1):
         raise CheckpointError(
-            f"{hparams.path}: embedding_model.channels {channels!r}; "
+            f"{where}: embedding_model.channels {channels!r}; "
             "lightsv's ECAPA-TDNN has 4 equal widths, then the aggregation's"
         )
     return {
@@ -162,7 +163,7 @@ def _refuse_unknown(hparams: HyperYaml, key: str, args: dict, known: set[str]) -
         raise CheckpointError(f"{hparams.path}: {key} sets {', '.join(unknown)}, which lightsv does not reproduce")
 
 
-def _names(state: dict, c: dict) -> dict[str, str | None]:
+def ecapa_names(state: dict, c: dict) -> dict[str, str | None]:
     """SpeechBrain key -> lightsv key for every tensor the checkpoint should hold."""
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     names: dict[str, str | None] = {}
@@ -196,7 +197,7 @@ def _names(state: dict, c: dict) -> dict[str, str | None]:
     return {k: v for k, v in names.items() if not (k.endswith("num_batches_tracked") and k not in state)}
 
 
-def _reorder_res2(state: dict, c: dict) -> dict:
+def reorder_res2(state: dict, c: dict) -> dict:
     """SpeechBrain's Res2Net passes its first chunk through and puts it first; lightsv's passes the
     last one through and puts it last. The same function up to a channel rotation: the rows of the
     1x1 layer before (tdnn1) and the input columns of the one after (tdnn2) rotate by one chunk."""

@@ -27,6 +27,7 @@ _LAZY = {
     "save_model": "lightsv.checkpoint",
     "MODELS": "lightsv.models",
     "build_model": "lightsv.models",
+    "import_model": "lightsv.importers",
 }
 
 
@@ -55,6 +56,7 @@ __all__ = [
     "MODELS",
     "Verifier",
     "build_model",
+    "import_model",
     "load_model",
     "save_model",
     "transform",

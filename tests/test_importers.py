@@ -274,7 +274,7 @@ def test_threedspeaker_ecapa_matches_in_torch(tmp_path):
     wavs = _clips()
     theirs = [threedspeaker_embed(net, w)[0].numpy() for w in wavs]
     out = tmp_path / "m.pt"
-    import_model("3dspeaker", path.parent, out=out)
+    lightsv.import_model("3dspeaker", path.parent, out=out)  # the top-level name
     _, extra = lightsv.load_model(out, return_extra=True)
     assert extra["features"]["window"] == "povey" and extra["features"]["int16_scale"] is False
     _assert_same(lightsv.Verifier.load(out, vad=False).embed_many([w.numpy() for w in wavs], sample_rate=16000), theirs)

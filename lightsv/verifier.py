@@ -519,9 +519,7 @@ def model_id(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     head = {
         "model": getattr(model, "model_name", type(model).__name__),
-        "config": dataclasses.asdict(config)
-        if dataclasses.is_dataclass(config) and not isinstance(config, type)
-        else None,
+        "config": _id_config(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else None,
         "tuners": list(getattr(model, "tuners", [])),
     }
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
@@ -530,6 +528,16 @@ def model_id(model: nn.Module) -> str:
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def _id_config(config) -> dict:
+    """The config as the model id hashes it: options added after models were shipped
+    (lightsv.models.pooling.ID_OMITS_DEFAULT) are left out at their defaults, keeping existing ids."""
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("id_omits_default") and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 def example_clips() -> dict[str, list[Path]]:

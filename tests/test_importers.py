@@ -377,3 +377,17 @@ def test_init_from_an_imported_model_with_the_transformation_module(speechbrain_
     with pytest.raises(ConfigError, match="init_from: .*no such checkpoint file"):
         train_config.config_from_dict({**base, "init_from": str(tmp_path / "absent.pt")})
     assert json.loads(json.dumps(config.model.options))  # plain data, as a recipe would write it
+
+
+def test_new_model_options_enter_the_model_id_only_when_set():
+    from lightsv.verifier import _id_config, model_id
+
+    plain = lightsv.build_model("ecapa_tdnn_small")
+    reflect = lightsv.build_model("ecapa_tdnn_small", padding_mode="reflect")
+    reflect.load_state_dict(plain.state_dict())
+    assert "padding_mode" not in _id_config(plain.config) and _id_config(reflect.config)["padding_mode"] == "reflect"
+    assert model_id(plain) != model_id(reflect)  # same weights, different embeddings
+    tstp = lightsv.build_model("resnet18", pooling="tstp")
+    assert _id_config(tstp.config)["pooling"] == "tstp" and "pooling" not in _id_config(
+        lightsv.build_model("resnet18").config
+    )

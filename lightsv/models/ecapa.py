@@ -5,13 +5,13 @@ Blocks take `(x[B, C, T], mask=None)` and never store channel counts used in `fo
 transformation module can build narrow copies of them.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lightsv.errors import ConfigError
-from lightsv.models.pooling import AttentiveStatsPool, frame_mask
+from lightsv.models.pooling import ID_OMITS_DEFAULT, AttentiveStatsPool, frame_mask
 
 
 @dataclass
@@ -23,10 +23,12 @@ class EcapaConfig:
     se_channels: int = 128
     attention_channels: int = 128
     mfa_channels: int = 1536
-    # Options that reproduce other toolkits' ECAPA-TDNN exactly (lightsv.importers):
-    padding_mode: str = "zeros"  # "reflect": SpeechBrain pads its convolutions by reflection
-    embed_norm: bool = True  # False: the embedding is a biased linear layer with no batch norm after it
-    stats_eps: float = 1e-5  # variance floor of the attentive statistics (SpeechBrain: 1e-12)
+    # Options that reproduce other toolkits' ECAPA-TDNN exactly (lightsv.importers). Added after models
+    # were shipped: at their defaults they stay out of the model id (verifier.model_id), so the ids of
+    # existing models and their enrollment stores do not change.
+    padding_mode: str = field(default="zeros", metadata=ID_OMITS_DEFAULT)  # "reflect": SpeechBrain's padding
+    embed_norm: bool = field(default=True, metadata=ID_OMITS_DEFAULT)  # False: biased linear, no batch norm
+    stats_eps: float = field(default=1e-5, metadata=ID_OMITS_DEFAULT)  # attentive statistics' variance floor
 
     def __post_init__(self) -> None:
         if self.padding_mode not in ("zeros", "reflect"):

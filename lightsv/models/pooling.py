@@ -7,6 +7,10 @@ frames only; models zero the padded frames after each block and pass a mask down
 import torch
 from torch import nn
 
+#: Metadata of config fields added after models were shipped: verifier.model_id leaves such a field
+#: out while it holds its default, so existing models keep their ids (and enrollment stores).
+ID_OMITS_DEFAULT = {"id_omits_default": True}
+
 
 def frame_mask(lengths: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """Mask (1 = valid frame) that broadcasts over `x` [B, C, ..., T]: shape [B, 1, ..., T].

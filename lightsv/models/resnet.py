@@ -1,13 +1,13 @@
 """Thin ResNet for speaker verification (as in WeSpeaker / VoxCeleb baselines): 2-D residual stages
 over (frequency, time), statistics pooling over time, a linear embedding layer."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lightsv.errors import ConfigError
-from lightsv.models.pooling import StatsPool, frame_mask
+from lightsv.models.pooling import ID_OMITS_DEFAULT, StatsPool, frame_mask
 
 
 @dataclass
@@ -16,7 +16,9 @@ class ResNetConfig:
     embed_dim: int = 256
     base_width: int = 32
     layers: tuple[int, ...] = (3, 4, 6, 3)
-    pooling: str = "stats"  # or "tstp": WeSpeaker's, sqrt(unbiased variance + 1e-7) (lightsv.importers)
+    # or "tstp": WeSpeaker's, sqrt(unbiased variance + 1e-7) (lightsv.importers); added after models were
+    # shipped, so its default stays out of the model id
+    pooling: str = field(default="stats", metadata=ID_OMITS_DEFAULT)
 
     def __post_init__(self) -> None:
         if self.pooling not in ("stats", "tstp"):

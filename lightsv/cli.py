@@ -252,10 +252,20 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     _add_db(parser, "print the result as JSON")
     _add_decision(parser)
     parser.add_argument("name", metavar="NAME", help="enrolled speaker")
-    parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
+    parser.add_argument("clip", metavar="CLIP", nargs="?", help="audio file to verify (with --stream: or --mic)")
+    from lightsv.streaming import add_stream_options
+
+    add_stream_options(parser)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.stream:
+        from lightsv.streaming import run_stream_command
+
+        with _verifier(args, db=_existing_db(args.db)) as v:
+            return run_stream_command(v, args)
+    if args.clip is None:
+        raise LightsvError("verify needs a CLIP (or --stream --mic)")
     with _verifier(args, db=_existing_db(args.db)) as v:
         r = v.verify(args.name, args.clip)
     if args.json:

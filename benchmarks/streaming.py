@@ -142,16 +142,21 @@ def stream_trajectory(verifier, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def calibration_data(lists: dict[str, Embeddings], names) -> tuple[np.ndarray, ...]:
-    """(scores, labels, test seconds, enroll seconds) over lists ``names``, every cut and whole."""
+    """(scores, labels, test seconds, enroll seconds) over lists ``names``: every trial with its test
+    side whole, cut to its centre (what ``verify`` sees of a trimmed clip) and cut from its start as a
+    stream hears it (the stream's running embedding after 0.25-3 s), each of SEGMENTS long."""
     rows = []
     for name in names:
         e = lists[name]
         for t in e.trials:
-            enr = e.emb[t.enroll]
+            enr, enroll_seconds = e.emb[t.enroll], e.seconds[t.enroll]
             length = e.seconds[t.test]
+            heard, stream = e.stream[t.test]
             for s in SEGMENTS:
-                rows.append((float(enr @ e.cut[s][t.test]), t.label, min(s, length), e.seconds[t.enroll]))
-            rows.append((float(enr @ e.emb[t.test]), t.label, length, e.seconds[t.enroll]))
+                rows.append((float(enr @ e.cut[s][t.test]), t.label, min(s, length), enroll_seconds))
+                k = min(int(np.searchsorted(heard, s - 1e-9)), len(heard) - 1)
+                rows.append((float(enr @ stream[k]), t.label, heard[k], enroll_seconds))
+            rows.append((float(enr @ e.emb[t.test]), t.label, length, enroll_seconds))
     return tuple(np.array(c) for c in zip(*rows, strict=True))
 
 
@@ -202,13 +207,17 @@ def replay(e: Embeddings, cal: DurationCalibration, error) -> dict:
         seconds.append(heard[k])
         decisions.append(llr[k] >= accept if crossed.size else llr[k] >= middle)
         early.append(bool(crossed.size))
-    seconds_a = np.array(seconds)
+    seconds_a, accepted, early_a = np.array(seconds), np.array(decisions), np.array(early)
+    targets, nontargets = early_a & (labels == 1), early_a & (labels == 0)
     return {
         "error": list(error_rates(error)),
         "mean_seconds": float(seconds_a.mean()),
         "p90_seconds": float(np.percentile(seconds_a, 90)),
         "decided_early": 100 * float(np.mean(early)),
-        **rates(np.array(decisions), labels),
+        # of the trials a bound decided: targets rejected, non-targets accepted
+        "early_miss": 100 * float(np.mean(~accepted[targets])) if targets.any() else None,
+        "early_fa": 100 * float(np.mean(accepted[nontargets])) if nontargets.any() else None,
+        **rates(accepted, labels),
     }
 
 
@@ -268,7 +277,7 @@ def main(argv=None) -> int:
     results["meta"] = meta
     if args.calibrate_into:
         s, y, t, en = calibration_data(lists, list(lists))
-        cal = fit(s, y, t, en, trials=" + ".join(lists) + " (test side cut to 0.25-3 s and whole)")
+        cal = fit(s, y, t, en, trials=" + ".join(lists) + " (test side whole and cut to 0.25-3 s from its centre and from its start)")
         from lightsv.checkpoint import read_checkpoint
 
         calibration = dict(read_checkpoint(args.calibrate_into).get("extra", {}).get("calibration") or {})
@@ -329,7 +338,9 @@ def markdown(results: dict) -> str:
         f"{stream['block_seconds']:g} s with {stream['context_seconds']:g} s of context, forced decision at the "
         f"clip's end or {stream['max_seconds']:g} s. `asked`: the miss = false-accept rate asked of the "
         "sequential test; `s mean / p90`: seconds of audio heard at the decision; `early`: share decided by a "
-        "bound before the clip's end or max_seconds; HTER: mean of miss and false accept. Fixed-length systems: "
+        "bound before the clip's end or max_seconds; "
+        "`early miss / FA`: of the targets and non-targets a bound decided, the share decided wrongly (what "
+        "the asked rates are about); HTER: mean of miss and false accept. Fixed-length systems: "
         "EER of the whole clip and of its first 1 s / 2 s.",
     ]
     for name, r in results["lists"].items():
@@ -339,15 +350,20 @@ def markdown(results: dict) -> str:
             f"### {name}: EER whole clip {w['whole']:.2f}, first 1 s {w['1s']:.2f}, first 2 s {w['2s']:.2f}; "
             f"{r['ms_per_update']:.1f} ms per update",
             "",
-            "| asked | s mean | s p90 | early | miss | FA | HTER | HTER - whole-clip EER |",
-            "|---|---|---|---|---|---|---|---|",
+            "| asked | s mean | s p90 | early | early miss / FA | miss | FA | HTER | HTER - whole-clip EER |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["streams"]:
             lines.append(
                 f"| {s['error'][0]:g} | {s['mean_seconds']:.2f} | {s['p90_seconds']:.2f} | {s['decided_early']:.1f} | "
+                f"{_pct(s['early_miss'])} / {_pct(s['early_fa'])} | "
                 f"{s['miss']:.2f} | {s['fa']:.2f} | {s['hter']:.2f} | {s['hter'] - w['whole']:+.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":

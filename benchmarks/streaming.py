@@ -277,7 +277,8 @@ def main(argv=None) -> int:
     results["meta"] = meta
     if args.calibrate_into:
         s, y, t, en = calibration_data(lists, list(lists))
-        cal = fit(s, y, t, en, trials=" + ".join(lists) + " (test side whole and cut to 0.25-3 s from its centre and from its start)")
+        how = " (test side whole and cut to 0.25-3 s from its centre and from its start)"
+        cal = fit(s, y, t, en, trials=" + ".join(lists) + how)
         from lightsv.checkpoint import read_checkpoint
 
         calibration = dict(read_checkpoint(args.calibrate_into).get("extra", {}).get("calibration") or {})

@@ -20,7 +20,7 @@ def synthetic(n=600, seed=0):
         for label in (0, 1):
             s = 0.3 + (m if label else -m) + 0.1 * rng.standard_normal(n)
             rows.append((s, np.full(n, label), np.full(n, t), rng.uniform(2, 8, n)))
-    return tuple(np.concatenate(c) for c in zip(*rows))
+    return tuple(np.concatenate(c) for c in zip(*rows, strict=True))
 
 
 def true_llr(s, t):

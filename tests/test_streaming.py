@@ -199,3 +199,23 @@ def test_cli_verify_stream_prints_the_running_state(tmp_path, capsys):
     assert len(out) >= 2 and " s  score " in out[0] and out[-1].startswith("ls19: ")
     assert main(["verify", *common, "--stream", "--mic", "ls19", str(clips["ls19"][2])]) == 2
     assert "either a CLIP or --mic" in capsys.readouterr().err
+
+
+def test_overrides_fall_back_to_raw_scores_and_streams_need_the_calibration(verifiers, tmp_path):
+    import lightsv
+    from lightsv.errors import ThresholdError
+
+    (vs, clips) = verifiers
+    with lightsv.Verifier.load(backend="onnx", vad=False, threshold=0.3) as v:
+        v.enroll("ls19", clips["ls19"][:2])
+        r = v.verify("ls19", clips["ls26"][0])
+        assert r.llr is None and r.threshold == 0.3 and r.accept == (r.score >= 0.3)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tiny = lightsv.build_model("ecapa_tdnn_small", channels=32, embed_dim=32, se_channels=16, attention_channels=16)
+    path = lightsv.save_model(tiny, tmp_path / "tiny.pt", calibration={"eer_threshold": 0.5, "far_thresholds": {}})
+    with lightsv.Verifier.load(path) as v:
+        v.enroll("ls19", clips["ls19"][:1])
+        assert v.duration is None and v.verify("ls19", clips["ls19"][1]).llr is None
+        with pytest.raises(ThresholdError, match="no duration-aware calibration"):
+            v.stream("ls19")

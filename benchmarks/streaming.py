@@ -240,12 +240,23 @@ def main(argv=None) -> int:
     parser.add_argument("--speech", type=Path, default=SPEECH)
     parser.add_argument("--lists", nargs="+", default=list(LISTS))
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--model", type=Path, help="checkpoint or .onnx file (default: the shipped default.onnx)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--calibrate-into", type=Path, help="also fit on every list pooled and store it in this checkpoint"
     )
     args = parser.parse_args(argv)
-    verifier = lightsv.Verifier.load(backend="onnx", vad=False, threads=1)
+    verifier = lightsv.Verifier.load(args.model, backend="auto" if args.model else "onnx", vad=False, threads=1)
+    if args.calibrate_into:  # checked before the long part: the fit holds only for the model that scored
+        from lightsv.checkpoint import load_model
+        from lightsv.verifier import model_id
+
+        try:
+            other = model_id(load_model(args.calibrate_into))
+        except lightsv.LightsvError as err:
+            parser.error(str(err))
+        if other != verifier.model_id:
+            parser.error(f"{args.calibrate_into} is another model than the one scored ({verifier.source})")
     load = os.getloadavg()[0]
     lists = {}
     for name in args.lists:
@@ -270,7 +281,7 @@ def main(argv=None) -> int:
     meta = {
         "command": "python benchmarks/streaming.py",
         "model_id": verifier.model_id,
-        "backend": "onnx (lightsv/assets/default.onnx), 1 thread",
+        "backend": f"{_relative(verifier.source)}, 1 thread",
         "stream": {**StreamConfig().__dict__, "max_seconds": MAX_SECONDS},
         "load_average_at_start": load,
     }
@@ -361,6 +372,11 @@ def markdown(results: dict) -> str:
                 f"{s['miss']:.2f} | {s['fa']:.2f} | {s['hter']:.2f} | {s['hter'] - w['whole']:+.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
 
 
 def _pct(value) -> str:

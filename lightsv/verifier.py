@@ -341,7 +341,7 @@ class Verifier:
         if self.duration is None:
             raise ThresholdError(
                 f"{self.source} has no duration-aware calibration, which streaming decides with; "
-                "calibrate it (python benchmarks/streaming.py --calibrate OUT --model M)"
+                "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
             )
         duration = self.duration
         return StreamSession(

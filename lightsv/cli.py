@@ -272,7 +272,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
         decision = "accept" if r.accept else "reject"
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}: {decision}")
+        llr = "" if r.llr is None else f", llr {r.llr:+.2f} at {r.seconds:.2f} s"
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{llr}: {decision}")
     return 1 if args.exit_code and not r.accept else 0
 
 

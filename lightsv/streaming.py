@@ -193,10 +193,9 @@ class StreamSession:
         if self._heard < self._min:
             self._state = dataclasses.replace(self._state, seconds=self._heard / SAMPLE_RATE)
             return
-        window = self._buffer[: self._fill]
-        if len(window) < self._min:  # a new block just begun: the previous context tops it up
-            window = self._buffer[max(0, self._start - (self._min - len(window))) : self._fill]
-        current = self._embed(window).astype(np.float64)
+        # The current block with the previous block's tail before it (a later block is never shorter
+        # than context + one hop, so never below the model's minimum once the first block had it).
+        current = self._embed(self._buffer[: self._fill]).astype(np.float64)
         self.updates += 1
         block_seconds = (self._fill - self._start) / SAMPLE_RATE
         total = self._sum + block_seconds * current
@@ -318,7 +317,7 @@ def _microphone(chunk: int):
     try:
         import sounddevice  # type: ignore[import-not-found]
     except ImportError:
-        raise ConfigError("--mic needs sounddevice: pip install sounddevice") from None
+        raise ConfigError("--mic needs sounddevice: pip install -c constraints.txt 'lightsv[mic]'") from None
     with sounddevice.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=chunk) as mic:
         while True:
             samples, _ = mic.read(chunk)

@@ -197,6 +197,8 @@ def test_cli_verify_stream_prints_the_running_state(tmp_path, capsys):
     assert main(["verify", *common, "--stream", "--chunk-seconds", "0.25", "ls19", str(clips["ls19"][2])]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) >= 2 and " s  score " in out[0] and out[-1].startswith("ls19: ")
+    assert main(["verify", *common, "ls19", str(clips["ls19"][2])]) == 0
+    assert ", llr " in capsys.readouterr().out  # the plain verify reports the duration-aware LLR too
     assert main(["verify", *common, "--stream", "--mic", "ls19", str(clips["ls19"][2])]) == 2
     assert "either a CLIP or --mic" in capsys.readouterr().err
 

@@ -221,3 +221,13 @@ def test_overrides_fall_back_to_raw_scores_and_streams_need_the_calibration(veri
         assert v.duration is None and v.verify("ls19", clips["ls19"][1]).llr is None
         with pytest.raises(ThresholdError, match="no duration-aware calibration"):
             v.stream("ls19")
+
+
+def test_recalibrating_thresholds_drops_the_duration_part(tmp_path):
+    import lightsv
+    from lightsv.calibrate import write_calibration
+    from lightsv.verifier import DEFAULT_MODEL
+
+    out = write_calibration(DEFAULT_MODEL, {"eer_threshold": 0.4, "far_thresholds": {}}, out=tmp_path / "m.pt")
+    with lightsv.Verifier.load(out) as v:
+        assert v.duration is None and v.threshold == 0.4

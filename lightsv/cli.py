@@ -252,17 +252,28 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     _add_db(parser, "print the result as JSON")
     _add_decision(parser)
     parser.add_argument("name", metavar="NAME", help="enrolled speaker")
-    parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
+    parser.add_argument("clip", metavar="CLIP", nargs="?", help="audio file to verify (with --stream: or --mic)")
+    from lightsv.streaming import add_stream_options
+
+    add_stream_options(parser)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.stream:
+        from lightsv.streaming import run_stream_command
+
+        with _verifier(args, db=_existing_db(args.db)) as v:
+            return run_stream_command(v, args)
+    if args.clip is None:
+        raise LightsvError("verify needs a CLIP (or --stream --mic)")
     with _verifier(args, db=_existing_db(args.db)) as v:
         r = v.verify(args.name, args.clip)
     if args.json:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
         decision = "accept" if r.accept else "reject"
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}: {decision}")
+        llr = "" if r.llr is None else f", llr {r.llr:+.2f} at {r.seconds:.2f} s"
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{llr}: {decision}")
     return 1 if args.exit_code and not r.accept else 0
 
 

@@ -174,9 +174,7 @@ def threshold_at_far(scores, labels, far: float) -> float:
     return float(thresholds[np.argmax(fpr <= far)])
 
 
-def eer_ci(
-    scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, groups=None
-) -> tuple[float, float]:
+def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, groups=None) -> tuple[float, float]:
     """Percentile bootstrap ``(1 - alpha)`` confidence interval of the EER, in percent.
 
     Targets and non-targets are resampled separately so every replicate keeps the original class
@@ -205,7 +203,7 @@ def _grouped_eer_ci(scores, labels, groups, n_boot: int, alpha: float, rng) -> t
         raise ScoresError(f"groups must have one entry per trial: {groups.shape[0]} for {labels.shape[0]} trials")
     names, index = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(index == g) for g in range(len(names))]
-    boot = []
+    boot: list[float] = []
     while len(boot) < n_boot:
         pick = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
         tar, non = scores[pick][labels[pick] == 1], scores[pick][labels[pick] == 0]

@@ -253,16 +253,22 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     _add_decision(parser)
     parser.add_argument("name", metavar="NAME", help="enrolled speaker")
     parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
+    parser.add_argument(
+        "--spoof-check", action="store_true", help="also run the countermeasure; a clip judged spoofed is rejected"
+    )
+    parser.add_argument("--countermeasure", metavar="CM", help="countermeasure file (default: the shipped one)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
     with _verifier(args, db=_existing_db(args.db)) as v:
-        r = v.verify(args.name, args.clip)
+        r = v.verify(args.name, args.clip, spoof_check=args.spoof_check, countermeasure=args.countermeasure)
     if args.json:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
         decision = "accept" if r.accept else "reject"
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}: {decision}")
+        spoof = getattr(r, "spoof_score", None)
+        checked = "" if spoof is None else f", spoof score {spoof:.4f} ({'bona fide' if r.bonafide else 'spoof'})"
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{checked}: {decision}")
     return 1 if args.exit_code and not r.accept else 0
 
 
@@ -505,6 +511,18 @@ def _run_export(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_spoof_score(parser: argparse.ArgumentParser) -> None:
+    from lightsv.spoof.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_spoof_score(args: argparse.Namespace) -> int:
+    from lightsv.spoof.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": (
@@ -526,6 +544,11 @@ COMMANDS = {
         "EER and minDCF of a model on a trial list, with optional scores file and DET plot",
         _add_score,
         _run_score,
+    ),
+    "spoof-score": (
+        "EER and t-DCF (2019, 2021) of a countermeasure over a spoofing protocol",
+        _add_spoof_score,
+        _run_spoof_score,
     ),
     "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
     "export": (

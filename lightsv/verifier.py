@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # torch is imported only by the torch backend, so the onnx ba
     from torch import nn
 
     from lightsv.features import Fbank, FbankConfig
+    from lightsv.spoof.sasv import SpoofAwareVerification
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default.pt"
@@ -287,11 +288,20 @@ class Verifier:
 
     # ------------------------------------------------------------------ scoring
 
-    def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Verification:
+    def verify(
+        self, name: str, clip, *, sample_rate: int | None = None, spoof_check: bool = False, countermeasure=None
+    ) -> Verification | SpoofAwareVerification:
         """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
 
         Raises ThresholdError, before any work, when there is no threshold for the current scores.
+        ``spoof_check=True`` also scores the clip with a countermeasure (default: the shipped one; or
+        ``countermeasure=`` a path or :class:`lightsv.spoof.Countermeasure`) and rejects a clip judged
+        spoofed whatever its speaker score: a :class:`lightsv.spoof.sasv.SpoofAwareVerification`.
         """
+        if spoof_check:
+            from lightsv.spoof import sasv
+
+            return sasv.verify(self, name, clip, sample_rate=sample_rate, countermeasure=countermeasure)
         threshold = self.decision_threshold()
         enrolled = self.speaker_embedding(name)
         score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))

@@ -1,0 +1,100 @@
+"""Spoofing-aware speaker verification: one call gives the speaker score, the countermeasure's score
+and one decision; a clip judged spoofed is rejected whatever its speaker score.
+
+`Verifier.verify(name, clip, spoof_check=True)` lands here. Where the countermeasure is a side
+network on the verifier's own speaker trunk (the shipped pair on the torch backend) the trunk runs
+once: its embedding is the verifier's embedding and its stage features feed the side network.
+Otherwise (the onnx backend, another speaker model) the two models each read the clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightsv.spoof.countermeasure import Countermeasure
+
+
+@dataclass(frozen=True)
+class SpoofAwareVerification:
+    """``accept`` = the speaker score passes ``threshold`` and the clip passes as bona fide
+    (``spoof_score >= spoof_threshold``; the spoof score is the CM's logit of bona fide)."""
+
+    speaker: str
+    score: float
+    threshold: float
+    spoof_score: float
+    spoof_threshold: float
+    bonafide: bool
+    accept: bool
+    shared_pass: bool  # one pass of a shared trunk made both scores
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def countermeasure_for(verifier, countermeasure: Countermeasure | str | None = None) -> Countermeasure:
+    """The countermeasure a verifier uses: given, or the shipped one on the verifier's backend
+    (loaded once and kept on the verifier)."""
+    if isinstance(countermeasure, Countermeasure):
+        return countermeasure
+    cached = getattr(verifier, "_countermeasure", None)
+    if countermeasure is None and cached is not None:
+        return cached
+    from lightsv.verifier import TorchModel
+
+    backend = "torch" if isinstance(verifier.backend, TorchModel) else "onnx"
+    cm = Countermeasure.load(countermeasure, backend=backend, threads=getattr(verifier.backend, "threads", None))
+    if countermeasure is None:
+        verifier._countermeasure = cm
+    return cm
+
+
+def shares_trunk(verifier, cm: Countermeasure) -> bool:
+    from lightsv.verifier import TorchModel
+
+    return (
+        isinstance(verifier.backend, TorchModel)
+        and cm.model is not None
+        and hasattr(cm.model, "joint")
+        and cm.trunk_id == verifier.model_id
+    )
+
+
+def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None = None):
+    """(unit-length speaker embedding, CM score, whether one trunk pass made both) of one clip."""
+    from lightsv.audio import load as load_audio
+    from lightsv.verifier import repeat_short
+
+    wav = load_audio(clip, sample_rate, min_seconds=verifier.min_seconds)
+    if not shares_trunk(verifier, cm):
+        return verifier.embed(clip, sample_rate=sample_rate), cm.score_wav(wav), False
+    import torch
+
+    # the verifier's own input (speech-trimmed, short clips repeated) goes through the trunk once
+    speech = repeat_short([verifier._speech(wav, clip)])[0]
+    backend = verifier.backend
+    before = torch.get_num_threads()
+    torch.set_num_threads(backend.threads)
+    try:
+        with torch.inference_mode():
+            feats, frames = backend.fbank(torch.from_numpy(speech)[None])
+            emb, logit = cm.model.joint(feats, frames)
+    finally:
+        torch.set_num_threads(before)
+    emb = torch.nn.functional.normalize(emb.float(), dim=1)[0].numpy()
+    return emb, float(logit[0, 0]), True
+
+
+def verify(verifier, name: str, clip, *, sample_rate=None, countermeasure=None) -> SpoofAwareVerification:
+    threshold = verifier.decision_threshold()
+    enrolled = verifier.speaker_embedding(name)
+    cm = countermeasure_for(verifier, countermeasure)
+    emb, spoof, shared = embed_and_score(verifier, cm, clip, sample_rate)
+    score = verifier.score(enrolled, np.asarray(emb))
+    bonafide = cm.is_bonafide(spoof)
+    return SpoofAwareVerification(
+        name, score, threshold, spoof, cm.threshold, bonafide, bool(bonafide and score >= threshold), shared
+    )

@@ -131,3 +131,33 @@ def test_spoof_score_cli_bad_input_is_one_line(protocol, tmp_path, capsys):
     assert main(["spoof-score", str(tmp_path / "none.csv"), "--root", str(protocol)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_the_shipped_countermeasure_shares_the_shipped_trunk_and_its_onnx_export_agrees(speech_clip):
+    from lightsv.spoof.countermeasure import DEFAULT_CM, DEFAULT_CM_ONNX
+
+    clip, _ = speech_clip
+    torch_cm, onnx_cm = Countermeasure.load(backend="torch"), Countermeasure.load(backend="onnx")
+    assert torch_cm.source == str(DEFAULT_CM) and onnx_cm.source == str(DEFAULT_CM_ONNX)
+    assert torch_cm.threshold == pytest.approx(onnx_cm.threshold)
+    v = lightsv.Verifier.load(vad=False)
+    assert torch_cm.trunk_id == onnx_cm.trunk_id == v.model_id  # re-ship both when default.pt changes
+    assert onnx_cm.score(clip) == pytest.approx(torch_cm.score(clip), abs=1e-3)
+    # the onnx backend runs the two models separately, with the same decision
+    v.enroll("alice", [clip])
+    w = lightsv.Verifier.load(backend="onnx", vad=False)
+    w.enroll("alice", [clip])
+    a, b = v.verify("alice", clip, spoof_check=True), w.verify("alice", clip, spoof_check=True)
+    assert a.shared_pass and not b.shared_pass
+    assert a.spoof_score == pytest.approx(b.spoof_score, abs=1e-3) and a.accept == b.accept
+
+
+def test_verify_spoof_check_on_the_command_line(speech_clip, tmp_path, capsys):
+    clip, _ = speech_clip
+    db = str(tmp_path / "s.db")
+    assert main(["enroll", "--db", db, "alice", str(clip)]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--db", db, "alice", str(clip), "--spoof-check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"score", "spoof_score", "bonafide", "accept"} <= set(out)
+    assert out["accept"] == (out["bonafide"] and out["score"] >= out["threshold"])

@@ -98,3 +98,20 @@ def verify(verifier, name: str, clip, *, sample_rate=None, countermeasure=None) 
     return SpoofAwareVerification(
         name, score, threshold, spoof, cm.threshold, bonafide, bool(bonafide and score >= threshold), shared
     )
+
+
+def sasv_trials(entries) -> list[tuple[str, str, str]]:
+    """SASV trials of a protocol's speakers, as (enrollment clip, test clip, key): ``target`` pairs of
+    bona fide clips of one speaker, ``nontarget`` bona fide clips of different speakers, ``spoof`` a
+    spoofed clip of a speaker's voice against each bona fide clip of that speaker. Each pair once."""
+    from lightsv.spoof.data import BONAFIDE
+
+    bona = [e for e in entries if e.label == BONAFIDE]
+    trials = []
+    for i, a in enumerate(bona):
+        for b in bona[i + 1 :]:
+            trials.append((a.path, b.path, "target" if a.speaker == b.speaker else "nontarget"))
+    for s in entries:
+        if s.label != BONAFIDE:
+            trials += [(a.path, s.path, "spoof") for a in bona if a.speaker == s.speaker]
+    return trials

@@ -48,8 +48,9 @@ def main() -> None:
                 for speaker, paths in speakers.items():
                     if paths and len(picked) < cap:
                         picked.append((speaker, paths.pop()))
-            extra += [{"path": p, "speaker": s, "system": "bonafide", "label": "bonafide", "split": name}
-                      for s, p in picked]
+            extra += [
+                {"path": p, "speaker": s, "system": "bonafide", "label": "bonafide", "split": name} for s, p in picked
+            ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:

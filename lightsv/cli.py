@@ -252,7 +252,10 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     _add_db(parser, "print the result as JSON")
     _add_decision(parser)
     parser.add_argument("name", metavar="NAME", help="enrolled speaker")
-    parser.add_argument("clip", metavar="CLIP", help="audio file to verify")
+    parser.add_argument("clip", metavar="CLIP", nargs="?", help="audio file to verify (with --stream: or --mic)")
+    from lightsv.streaming import add_stream_options
+
+    add_stream_options(parser)
     parser.add_argument(
         "--spoof-check", action="store_true", help="also run the countermeasure; a clip judged spoofed is rejected"
     )
@@ -260,15 +263,23 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.stream:
+        from lightsv.streaming import run_stream_command
+
+        with _verifier(args, db=_existing_db(args.db)) as v:
+            return run_stream_command(v, args)
+    if args.clip is None:
+        raise LightsvError("verify needs a CLIP (or --stream --mic)")
     with _verifier(args, db=_existing_db(args.db)) as v:
         r = v.verify(args.name, args.clip, spoof_check=args.spoof_check, countermeasure=args.countermeasure)
     if args.json:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
         decision = "accept" if r.accept else "reject"
+        llr = "" if getattr(r, "llr", None) is None else f", llr {r.llr:+.2f} at {r.seconds:.2f} s"
         spoof = getattr(r, "spoof_score", None)
         checked = "" if spoof is None else f", spoof score {spoof:.4f} ({'bona fide' if r.bonafide else 'spoof'})"
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{checked}: {decision}")
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{llr}{checked}: {decision}")
     return 1 if args.exit_code and not r.accept else 0
 
 

@@ -182,11 +182,13 @@ def threshold_at_far(scores, labels, far: float) -> float:
     return float(thresholds[np.argmax(fpr <= far)])
 
 
-def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, groups=None) -> tuple[float, float]:
     """Percentile bootstrap ``(1 - alpha)`` confidence interval of the EER, in percent.
 
     Targets and non-targets are resampled separately so every replicate keeps the original class
-    sizes (and never loses a class).
+    sizes (and never loses a class). With ``groups`` (one label per trial, e.g. the enrolled
+    speaker), whole groups are resampled instead: trials of one speaker are not independent, so a
+    small dev set's interval is wider, and honest, this way.
     """
     if n_boot < 1:
         raise ScoresError(f"n_boot must be at least 1, got {n_boot}")
@@ -194,9 +196,27 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
         raise ScoresError(f"alpha must be in (0, 1), got {alpha}")
     tar, non = _split(scores, labels)
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        return _grouped_eer_ci(np.asarray(scores, float), np.asarray(labels), groups, n_boot, alpha, rng)
     boot = [
         _eer(rng.choice(tar, tar.size, replace=True), rng.choice(non, non.size, replace=True)) for _ in range(n_boot)
     ]
+    low, high = np.quantile(boot, [alpha / 2, 1.0 - alpha / 2])
+    return float(low), float(high)
+
+
+def _grouped_eer_ci(scores, labels, groups, n_boot: int, alpha: float, rng) -> tuple[float, float]:
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ScoresError(f"groups must have one entry per trial: {groups.shape[0]} for {labels.shape[0]} trials")
+    names, index = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(len(names))]
+    boot: list[float] = []
+    while len(boot) < n_boot:
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
+        tar, non = scores[pick][labels[pick] == 1], scores[pick][labels[pick] == 0]
+        if tar.size and non.size:  # a draw of groups holding one class only has no EER; draw again
+            boot.append(_eer(tar, non))
     low, high = np.quantile(boot, [alpha / 2, 1.0 - alpha / 2])
     return float(low), float(high)
 

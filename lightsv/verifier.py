@@ -72,12 +72,18 @@ TOP_N = 200
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of one verification: accepted when ``score >= threshold``."""
+    """The outcome of one verification: accepted when ``score >= threshold``.
+
+    With a duration-aware calibration (:mod:`lightsv.duration`) ``llr`` is the score's log-likelihood
+    ratio given the ``seconds`` of audio embedded, the decision is made on it, and ``threshold`` is the
+    cosine that LLR threshold amounts to at this duration; otherwise both are None."""
 
     speaker: str
     score: float
     threshold: float
     accept: bool
+    llr: float | None = None
+    seconds: float | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,6 +138,12 @@ class Verifier:
         self.model_id = self.backend.model_id
         self.calibration = extra.get("calibration")
         self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
+        self.duration = _duration_calibration(self.calibration, source)
+        self._llr_threshold = (
+            None
+            if self.duration is None
+            else self.duration.llr_threshold(parse_operating_point(operating_point or "eer"))
+        )
         self.threshold_override = None if threshold is None else _finite(threshold, "threshold")
         self._cohort: np.ndarray | None = None
         self.top_n = TOP_N
@@ -289,10 +301,20 @@ class Verifier:
     # ------------------------------------------------------------------ scoring
 
     def verify(
-        self, name: str, clip, *, sample_rate: int | None = None, spoof_check: bool = False, countermeasure=None
+        self,
+        name: str,
+        clip,
+        *,
+        sample_rate: int | None = None,
+        enrolled_seconds: float | None = None,
+        spoof_check: bool = False,
+        countermeasure=None,
     ) -> Verification | SpoofAwareVerification:
         """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
 
+        With a duration-aware calibration (and no ``threshold=`` override or cohort) the decision is
+        ``llr >= `` the operating point's LLR threshold; ``enrolled_seconds``: how much audio the
+        enrollment held (default: the calibration's typical enrollment; the store does not record it).
         Raises ThresholdError, before any work, when there is no threshold for the current scores.
         ``spoof_check=True`` also scores the clip with a countermeasure (default: the shipped one; or
         ``countermeasure=`` a path or :class:`lightsv.spoof.Countermeasure`) and rejects a clip judged
@@ -301,11 +323,59 @@ class Verifier:
         if spoof_check:
             from lightsv.spoof import sasv
 
-            return sasv.verify(self, name, clip, sample_rate=sample_rate, countermeasure=countermeasure)
+            return sasv.verify(
+                self,
+                name,
+                clip,
+                sample_rate=sample_rate,
+                enrolled_seconds=enrolled_seconds,
+                countermeasure=countermeasure,
+            )
         threshold = self.decision_threshold()
         enrolled = self.speaker_embedding(name)
-        score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
-        return Verification(name, score, threshold, bool(score >= threshold))
+        if not self._uses_llr:
+            score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
+            return Verification(name, score, threshold, bool(score >= threshold))
+        assert self.duration is not None and self._llr_threshold is not None
+        wav = self._speech(load_audio(clip, sample_rate, min_seconds=self.min_seconds), clip)
+        seconds = len(wav) / SAMPLE_RATE
+        score = self.score(enrolled, self._forward([wav])[0])
+        llr = self.duration.llr(score, seconds, enrolled_seconds)
+        threshold = self.duration.score_at(self._llr_threshold, seconds, enrolled_seconds)
+        return Verification(name, score, threshold, bool(llr >= self._llr_threshold), llr, seconds)
+
+    @property
+    def _uses_llr(self) -> bool:
+        return self.duration is not None and self.threshold_override is None and self._cohort is None
+
+    def stream(
+        self, name: str, *, max_seconds: float = 6.0, error=0.05, enrolled_seconds: float | None = None, config=None
+    ):
+        """A :class:`lightsv.streaming.StreamSession` verifying ``name`` on audio fed as it comes.
+
+        ``error``: the miss and false-accept rates asked of the sequential test, one number for both or
+        ``(miss, false_accept)``; ``max_seconds``: the decision is forced after this much audio. Needs
+        the model's duration-aware calibration (ThresholdError otherwise); streams are scored raw (no
+        speech trimming, no cohort): what is fed is what counts.
+        """
+        from lightsv.streaming import StreamSession
+
+        if self.duration is None:
+            raise ThresholdError(
+                f"{self.source} has no duration-aware calibration, which streaming decides with; "
+                "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
+            )
+        duration = self.duration
+        return StreamSession(
+            name,
+            self.speaker_embedding(name),
+            lambda wav: self._forward([wav])[0],
+            lambda score, seconds: duration.llr(score, seconds, enrolled_seconds),
+            min_seconds=self.min_seconds,
+            max_seconds=max_seconds,
+            error=error,
+            config=config,
+        )
 
     def identify(self, clip, *, top_k: int = 5, sample_rate: int | None = None) -> Identification:
         """The ``top_k`` enrolled speakers that best match ``clip``, best first, and whether the best
@@ -598,6 +668,14 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
             )
         value, what = matches[0], f"far_thresholds[{far:g}]"
     return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
+
+
+def _duration_calibration(calibration, source: str):
+    if not isinstance(calibration, dict) or calibration.get("duration") is None:
+        return None
+    from lightsv.duration import DurationCalibration
+
+    return DurationCalibration.from_dict(calibration["duration"], source)
 
 
 def _features(extra: dict, source: str) -> FbankConfig:

@@ -390,3 +390,21 @@ def test_t_dcf_bad_input():
     # An ASV system that rejects every spoof leaves the 2019 normaliser at zero.
     with pytest.raises(ScoresError, match="undefined"):
         t_dcf([1.0, 2.0], [0.0], [3.0, 4.0], [0.0, 1.0], [0.5], version="2019")
+
+
+def test_eer_ci_by_group_resamples_whole_groups():
+    rng = np.random.default_rng(0)
+    # 20 speakers; each speaker's trials share an offset, so trials are not independent
+    groups = np.repeat(np.arange(20), 40)
+    labels = np.tile(np.r_[np.ones(10), np.zeros(30)], 20).astype(int)
+    offset = rng.normal(0, 1.0, 20)[groups]
+    scores = labels * 1.5 + offset + rng.normal(0, 0.5, groups.size)
+    by_trial = eer_ci(scores, labels, n_boot=300, seed=1)
+    by_group = eer_ci(scores, labels, n_boot=300, seed=1, groups=groups)
+    point = eer(scores, labels)
+    assert by_group[0] <= point <= by_group[1]
+    # correlated trials: the speaker-level interval is wider than the trial-level one
+    assert by_group[1] - by_group[0] > 1.5 * (by_trial[1] - by_trial[0])
+    assert eer_ci(scores, labels, n_boot=300, seed=1, groups=groups) == by_group
+    with pytest.raises(ScoresError, match="one entry per trial"):
+        eer_ci(scores, labels, n_boot=10, groups=groups[:-1])

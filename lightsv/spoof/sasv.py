@@ -30,6 +30,8 @@ class SpoofAwareVerification:
     bonafide: bool
     accept: bool
     shared_pass: bool  # one pass of a shared trunk made both scores
+    llr: float | None = None  # as in Verification: with a duration-aware calibration
+    seconds: float | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,39 +66,52 @@ def shares_trunk(verifier, cm: Countermeasure) -> bool:
 
 
 def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None = None):
-    """(unit-length speaker embedding, CM score, whether one trunk pass made both) of one clip."""
+    """(unit-length speaker embedding, CM score, whether one trunk pass made both, seconds embedded)
+    of one clip. The CM scores the clip as the verifier embeds it (speech-trimmed unless the verifier
+    has vad=False), so both backends see the same input."""
+    from lightsv.audio import SAMPLE_RATE
     from lightsv.audio import load as load_audio
     from lightsv.verifier import repeat_short
 
     wav = load_audio(clip, sample_rate, min_seconds=verifier.min_seconds)
+    speech = verifier._speech(wav, clip)
+    seconds = len(speech) / SAMPLE_RATE
     if not shares_trunk(verifier, cm):
-        return verifier.embed(clip, sample_rate=sample_rate), cm.score_wav(wav), False
+        return verifier._forward([speech])[0], cm.score_wav(speech), False, seconds
     import torch
 
-    # the verifier's own input (speech-trimmed, short clips repeated) goes through the trunk once
-    speech = repeat_short([verifier._speech(wav, clip)])[0]
+    # the verifier's own input (short clips repeated, as its embedding path does) through the trunk once
     backend = verifier.backend
     before = torch.get_num_threads()
     torch.set_num_threads(backend.threads)
     try:
         with torch.inference_mode():
-            feats, frames = backend.fbank(torch.from_numpy(speech)[None])
+            feats, frames = backend.fbank(torch.from_numpy(repeat_short([speech])[0])[None])
             emb, logit = cm.model.joint(feats, frames)
     finally:
         torch.set_num_threads(before)
     emb = torch.nn.functional.normalize(emb.float(), dim=1)[0].numpy()
-    return emb, float(logit[0, 0]), True
+    return emb, float(logit[0, 0]), True, seconds
 
 
-def verify(verifier, name: str, clip, *, sample_rate=None, countermeasure=None) -> SpoofAwareVerification:
+def verify(
+    verifier, name: str, clip, *, sample_rate=None, enrolled_seconds=None, countermeasure=None
+) -> SpoofAwareVerification:
     threshold = verifier.decision_threshold()
     enrolled = verifier.speaker_embedding(name)
     cm = countermeasure_for(verifier, countermeasure)
-    emb, spoof, shared = embed_and_score(verifier, cm, clip, sample_rate)
+    emb, spoof, shared, seconds = embed_and_score(verifier, cm, clip, sample_rate)
     score = verifier.score(enrolled, np.asarray(emb))
+    llr = None
+    if verifier._uses_llr:  # the duration-aware rule of Verifier.verify
+        llr = verifier.duration.llr(score, seconds, enrolled_seconds)
+        threshold = verifier.duration.score_at(verifier._llr_threshold, seconds, enrolled_seconds)
+        speaker_ok = llr >= verifier._llr_threshold
+    else:
+        speaker_ok = score >= threshold
     bonafide = cm.is_bonafide(spoof)
     return SpoofAwareVerification(
-        name, score, threshold, spoof, cm.threshold, bonafide, bool(bonafide and score >= threshold), shared
+        name, score, threshold, spoof, cm.threshold, bonafide, bool(bonafide and speaker_ok), shared, llr, seconds
     )
 
 

@@ -1,0 +1,233 @@
+"""lightsv.streaming: sessions fed any chunk size, bounded work and memory, the sequential test, and
+the Verifier's stream on the shipped model (torch and onnx) and the CLI."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lightsv.audio import SAMPLE_RATE, load
+from lightsv.errors import AudioError, ConfigError
+from lightsv.streaming import StreamConfig, StreamSession, sprt_bounds
+
+SR = SAMPLE_RATE
+DIM = 8
+
+
+class FakeEmbed:
+    """A deterministic 'model': unit vector of a few statistics of the waveform; records input lengths."""
+
+    def __init__(self):
+        self.lengths = []
+
+    def __call__(self, wav):
+        self.lengths.append(len(wav))
+        x = np.array([wav.mean(), wav.std(), np.abs(wav).mean(), wav[:100].mean(), 1.0, *np.zeros(DIM - 5)])
+        return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def session(embed=None, llr=lambda s, t: 0.0, **kw):
+    enrolled = np.zeros(DIM, np.float32)
+    enrolled[4] = 1.0
+    kw = {"min_seconds": 0.25, "max_seconds": 60.0, "error": 0.1, **kw}
+    return StreamSession("alice", enrolled, embed or FakeEmbed(), llr, **kw)
+
+
+def noise(seconds, seed=0):
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def feed(s, wav, sizes):
+    states, pos, i = [], 0, 0
+    while pos < len(wav):
+        n = sizes[i % len(sizes)]
+        states.append(s.feed(wav[pos : pos + n]))
+        pos, i = pos + n, i + 1
+    return states
+
+
+def test_any_chunk_size_gives_the_same_updates_and_state():
+    wav = noise(7.3)
+    runs = []
+    for sizes in ([160], [len(wav)], [1, 4000, 37, 16000, 999]):
+        s = session()
+        states = feed(s, wav, sizes)
+        runs.append((s.updates, states[-1], s.close(), s.embedding))
+    for updates, last, closed, emb in runs[1:]:
+        assert updates == runs[0][0] == math.floor(7.3 / 0.25)
+        assert last.score == pytest.approx(runs[0][1].score, abs=1e-6) and last.seconds == runs[0][1].seconds
+        assert closed.seconds == pytest.approx(7.3) and closed.decided and closed.reason == "closed"
+        np.testing.assert_allclose(emb, runs[0][3], atol=1e-6)
+
+
+def test_work_and_memory_are_bounded_whatever_the_stream_length():
+    embed = FakeEmbed()
+    s = session(embed)
+    buffer = s._buffer
+    feed(s, noise(40.0), [160])
+    cfg = StreamConfig()
+    assert s.updates == 40 / cfg.hop_seconds  # one embedding per hop, not per chunk
+    assert max(embed.lengths) <= (cfg.block_seconds + cfg.context_seconds) * SR
+    assert s._buffer is buffer and buffer.size == (cfg.block_seconds + cfg.context_seconds) * SR
+
+
+def test_within_the_first_block_the_stream_embeds_everything_heard():
+    embed = FakeEmbed()
+    s = session(embed)
+    wav = noise(3.0, seed=3)
+    feed(s, wav[: int(1.75 * SR)], [160])
+    np.testing.assert_allclose(s.embedding, FakeEmbed()(wav[: int(1.75 * SR)]), atol=1e-6)
+    # beyond it: the seconds-weighted mean of block embeddings (the first block is context + block long)
+    long = noise(5.5, seed=4)
+    s = session(FakeEmbed())
+    feed(s, long, [8000])
+    first, rest = long[: int(3.5 * SR)], long[int(3.0 * SR) :]
+    expected = 3.5 * FakeEmbed()(first) + 2.0 * FakeEmbed()(rest)
+    np.testing.assert_allclose(s.embedding, expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_sprt_bounds_and_early_decisions():
+    reject, accept = sprt_bounds(0.05, 0.01)
+    assert accept == pytest.approx(math.log(0.95 / 0.01)) and reject == pytest.approx(math.log(0.05 / 0.99))
+    # an LLR that rises with time crosses the accept bound at a known update
+    s = session(llr=lambda score, t: 2.0 * t, error=0.05)
+    states = feed(s, noise(10.0), [160])
+    bound = math.log(0.95 / 0.05)
+    assert states[-1].decision == "accept" and states[-1].reason == "accept bound"
+    assert states[-1].seconds == pytest.approx(math.ceil(bound / 2 / 0.25) * 0.25)
+    assert s.updates == round(states[-1].seconds / 0.25)  # no work after the decision
+    s = session(llr=lambda score, t: -t, error=(0.05, 0.01))
+    assert feed(s, noise(10.0), [800])[-1].decision == "reject"
+
+
+def test_forced_decisions_at_max_seconds_and_close_use_the_bounds_midpoint():
+    s = session(llr=lambda score, t: 0.3, error=(0.2, 0.01), max_seconds=2.1)  # midpoint ~ 1.39: reject
+    state = feed(s, noise(5.0), [1000])[-1]
+    assert (state.decision, state.reason, state.seconds) == ("reject", "max_seconds", pytest.approx(2.1))
+    s = session(llr=lambda score, t: 0.3, error=0.2)  # midpoint 0: accept
+    feed(s, noise(1.1), [160])
+    assert s.close().decision == "accept" and s.state.seconds == pytest.approx(1.1)
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(AudioError, match="less than the model's minimum"):
+        s = session()
+        s.feed(noise(0.1))
+        s.close()
+    for bad, match in [
+        (np.full(10, np.nan), "NaN"),
+        (np.zeros((2, 10)), "one channel"),
+        (np.zeros(5, np.int16), "float"),
+    ]:
+        with pytest.raises(AudioError, match=match):
+            session().feed(bad)
+    for kw, match in [
+        ({"error": 0.6}, "in \\(0, 0.5\\)"),
+        ({"error": (0.1, 0)}, "false_accept"),
+        ({"max_seconds": 0.1}, "at least the model's minimum"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            session(**kw)
+    with pytest.raises(ConfigError, match="whole number of hops"):
+        StreamConfig(hop_seconds=0.3)
+
+
+# ---------------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def verifiers():
+    lightsv = pytest.importorskip("lightsv")
+    pytest.importorskip("onnxruntime")
+    from lightsv.verifier import example_clips
+
+    clips = example_clips()
+    out = {}
+    for backend in ("torch", "onnx"):
+        v = lightsv.Verifier.load(backend=backend, vad=False, threads=1)
+        v.enroll("ls19", clips["ls19"][:2])
+        out[backend] = v
+    yield out, clips
+    for v in out.values():
+        v.close()
+
+
+def test_shipped_model_is_duration_calibrated_and_verify_decides_on_the_llr(verifiers):
+    (vs, clips) = verifiers
+    v = vs["torch"]
+    assert v.duration is not None
+    for clip in (clips["ls19"][2], clips["ls26"][0]):
+        r = v.verify("ls19", clip)
+        assert r.llr is not None and r.seconds == pytest.approx(len(load(clip)) / SR)
+        assert r.accept == (r.llr >= 0) == (r.score >= r.threshold)
+        # a shorter test clip at the same score is weaker evidence: its threshold is further from the middle
+    assert v.duration.slope_offset(0.5)[0] < v.duration.slope_offset(3.0)[0]
+
+
+def test_stream_on_torch_and_onnx_agree_and_match_the_embedding_of_what_was_heard(verifiers):
+    (vs, clips) = verifiers
+    wav = load(clips["ls19"][2])
+    runs = {}
+    for backend, v in vs.items():
+        s = v.stream("ls19", error=0.01, max_seconds=6.0)
+        states = feed(s, wav, [160])  # 10 ms chunks
+        runs[backend] = [st for st in states if st.score is not None]
+        heard = int(runs[backend][-1].seconds * SR) if not s.state.decided else int(s.state.seconds * SR)
+        if heard <= 3.5 * SR:
+            assert s.state.score == pytest.approx(
+                float(v.embed(wav[:heard], sample_rate=SR) @ v.speaker_embedding("ls19")), abs=1e-4
+            )
+    torch_scores = [st.score for st in runs["torch"]]
+    onnx_scores = [st.score for st in runs["onnx"]]
+    assert len(torch_scores) == len(onnx_scores) > 0
+    np.testing.assert_allclose(torch_scores, onnx_scores, atol=2e-3)
+    assert runs["torch"][-1].decision == runs["onnx"][-1].decision
+
+
+def test_cli_verify_stream_prints_the_running_state(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from lightsv.cli import main
+    from lightsv.verifier import example_clips
+
+    clips = example_clips()
+    db = str(tmp_path / "s.db")
+    common = ["--db", db, "--backend", "onnx", "--no-vad"]
+    assert main(["enroll", *common, "ls19", *map(str, clips["ls19"][:2])]) == 0
+    capsys.readouterr()
+    assert main(["verify", *common, "--stream", "--chunk-seconds", "0.25", "ls19", str(clips["ls19"][2])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) >= 2 and " s  score " in out[0] and out[-1].startswith("ls19: ")
+    assert main(["verify", *common, "ls19", str(clips["ls19"][2])]) == 0
+    assert ", llr " in capsys.readouterr().out  # the plain verify reports the duration-aware LLR too
+    assert main(["verify", *common, "--stream", "--mic", "ls19", str(clips["ls19"][2])]) == 2
+    assert "either a CLIP or --mic" in capsys.readouterr().err
+
+
+def test_overrides_fall_back_to_raw_scores_and_streams_need_the_calibration(verifiers, tmp_path):
+    import lightsv
+    from lightsv.errors import ThresholdError
+
+    (vs, clips) = verifiers
+    with lightsv.Verifier.load(backend="onnx", vad=False, threshold=0.3) as v:
+        v.enroll("ls19", clips["ls19"][:2])
+        r = v.verify("ls19", clips["ls26"][0])
+        assert r.llr is None and r.threshold == 0.3 and r.accept == (r.score >= 0.3)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tiny = lightsv.build_model("ecapa_tdnn_small", channels=32, embed_dim=32, se_channels=16, attention_channels=16)
+    path = lightsv.save_model(tiny, tmp_path / "tiny.pt", calibration={"eer_threshold": 0.5, "far_thresholds": {}})
+    with lightsv.Verifier.load(path) as v:
+        v.enroll("ls19", clips["ls19"][:1])
+        assert v.duration is None and v.verify("ls19", clips["ls19"][1]).llr is None
+        with pytest.raises(ThresholdError, match="no duration-aware calibration"):
+            v.stream("ls19")
+
+
+def test_recalibrating_thresholds_drops_the_duration_part(tmp_path):
+    import lightsv
+    from lightsv.calibrate import write_calibration
+    from lightsv.verifier import DEFAULT_MODEL
+
+    out = write_calibration(DEFAULT_MODEL, {"eer_threshold": 0.4, "far_thresholds": {}}, out=tmp_path / "m.pt")
+    with lightsv.Verifier.load(out) as v:
+        assert v.duration is None and v.threshold == 0.4

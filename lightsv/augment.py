@@ -39,6 +39,11 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-6.0, 6.0)
     bandlimit_prob: float = 0.0
     codec_prob: float = 0.0
+    # against spoof-set shortcuts (lightsv.spoof.shortcuts): loudness normalisation to a random level,
+    # FLAC / Opus / MP3 round trips, resampling round trips
+    loudness_prob: float = 0.0
+    lossy_codec_prob: float = 0.0
+    resample_prob: float = 0.0
 
     def check(self) -> None:
         for name in (
@@ -49,6 +54,9 @@ class AugmentConfig:
             "gain_prob",
             "bandlimit_prob",
             "codec_prob",
+            "loudness_prob",
+            "lossy_codec_prob",
+            "resample_prob",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
@@ -157,12 +165,18 @@ class Augmenter:
             if dirs and not files:
                 raise ConfigError(f"augment.{name}: no audio files in {dirs}")
         self._rirs: dict[str, np.ndarray] = {}
+        from lightsv.spoof.shortcuts import ShortcutAugment
+
+        self.shortcuts = ShortcutAugment(config.loudness_prob, config.lossy_codec_prob, config.resample_prob)
 
     @property
     def enabled(self) -> bool:
         c = self.config
-        return any(
-            p > 0 for p in (c.noise_prob, c.babble_prob, c.reverb_prob, c.gain_prob, c.bandlimit_prob, c.codec_prob)
+        return (
+            any(
+                p > 0 for p in (c.noise_prob, c.babble_prob, c.reverb_prob, c.gain_prob, c.bandlimit_prob, c.codec_prob)
+            )
+            or self.shortcuts.enabled
         )
 
     def speed(self, rng: np.random.Generator) -> tuple[int, float]:
@@ -193,6 +207,8 @@ class Augmenter:
             out = codec(out, rng)
         if draws[5] < c.gain_prob:
             out = out * np.float32(10 ** (rng.uniform(*c.gain_db) / 20.0))
+        if self.shortcuts.enabled:  # drawn after the others, so configs without it keep their streams
+            out = self.shortcuts(out, rng)
         return out.astype(np.float32, copy=False)
 
     def _noise(self, rng: np.random.Generator, n: int) -> np.ndarray:

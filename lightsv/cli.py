@@ -256,6 +256,10 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     from lightsv.streaming import add_stream_options
 
     add_stream_options(parser)
+    parser.add_argument(
+        "--spoof-check", action="store_true", help="also run the countermeasure; a clip judged spoofed is rejected"
+    )
+    parser.add_argument("--countermeasure", metavar="CM", help="countermeasure file (default: the shipped one)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -267,13 +271,15 @@ def _run_verify(args: argparse.Namespace) -> int:
     if args.clip is None:
         raise LightsvError("verify needs a CLIP (or --stream --mic)")
     with _verifier(args, db=_existing_db(args.db)) as v:
-        r = v.verify(args.name, args.clip)
+        r = v.verify(args.name, args.clip, spoof_check=args.spoof_check, countermeasure=args.countermeasure)
     if args.json:
         print(json.dumps({**r.as_dict(), "clip": args.clip}))
     else:
         decision = "accept" if r.accept else "reject"
-        llr = "" if r.llr is None else f", llr {r.llr:+.2f} at {r.seconds:.2f} s"
-        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{llr}: {decision}")
+        llr = "" if getattr(r, "llr", None) is None else f", llr {r.llr:+.2f} at {r.seconds:.2f} s"
+        spoof = getattr(r, "spoof_score", None)
+        checked = "" if spoof is None else f", spoof score {spoof:.4f} ({'bona fide' if r.bonafide else 'spoof'})"
+        print(f"{args.name} vs {args.clip}: score {r.score:.4f}, threshold {r.threshold:.4f}{llr}{checked}: {decision}")
     return 1 if args.exit_code and not r.accept else 0
 
 
@@ -528,6 +534,18 @@ def _run_import(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_spoof_score(parser: argparse.ArgumentParser) -> None:
+    from lightsv.spoof.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_spoof_score(args: argparse.Namespace) -> int:
+    from lightsv.spoof.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run); a new subcommand is two functions and one entry here.
 COMMANDS = {
     "profile": (
@@ -549,6 +567,11 @@ COMMANDS = {
         "EER and minDCF of a model on a trial list, with optional scores file and DET plot",
         _add_score,
         _run_score,
+    ),
+    "spoof-score": (
+        "EER and t-DCF (2019, 2021) of a countermeasure over a spoofing protocol",
+        _add_spoof_score,
+        _run_spoof_score,
     ),
     "train": ("train a model with the VoxCeleb recipe (see recipes/voxceleb)", _add_train, _run_train),
     "export": (

@@ -19,6 +19,14 @@ from lightsv.errors import ScoresError
 
 __all__ = [
     "COST_MODEL_2019",
+    "COST_MODEL_ASVSPOOF5",
+    "ADCFCost",
+    "ASVRates",
+    "a_dcf",
+    "asv_error_rates",
+    "official_eer_threshold",
+    "sasv_eers",
+    "t_dcf_weights",
     "COST_MODEL_2021",
     "TDCF2019Cost",
     "TDCF2021Cost",
@@ -260,22 +268,50 @@ COST_MODEL_2021 = TDCF2021Cost()
 _COST_TYPES = {"2019": TDCF2019Cost, "2021": TDCF2021Cost}
 
 
-def t_dcf(
-    bonafide_cm,
-    spoof_cm,
-    asv_target,
-    asv_nontarget,
-    asv_spoof,
-    version: str = "2019",
-    cost_model: TDCF2019Cost | TDCF2021Cost | None = None,
-) -> float:
-    """Minimum normalised tandem detection cost of a CM in front of a fixed ASV system.
+@dataclass(frozen=True)
+class ASVRates:
+    """An ASV system's error rates at its operating point, as the t-DCF needs them (fractions)."""
 
-    As in the ASVspoof challenges the ASV threshold is its EER threshold (``eer_threshold`` of
-    target vs non-target ASV scores), and the minimum is over all CM thresholds. ``version``
-    picks the 2019 (legacy) or 2021 (revised) formula; ``cost_model`` defaults to that version's
-    ``COST_MODEL_*`` and must be of the matching type. CM scores: higher = more bona fide.
+    pfa: float  # non-targets accepted
+    pmiss: float  # targets rejected
+    pfa_spoof: float  # spoofs accepted
+
+
+def official_eer_threshold(asv_target, asv_nontarget) -> float:
+    """The ASV threshold of the ASVspoof 2019 / 2021 evaluation packages (``compute_eer``).
+
+    They sort all trials (targets first, then non-targets, stable sort), take the DET point after
+    each trial where miss and false-alarm rates are closest, and return the score of the last trial
+    that point rejects; their ``obtain_asv_error_rates`` then accepts ``score >= threshold``, so that
+    trial counts as accepted: the rates are one trial off the DET point. Reproduced as they do it,
+    so that t-DCF values match the published ones.
     """
+    tar = _as_scores(asv_target, "ASV target scores")
+    non = _as_scores(asv_nontarget, "ASV non-target scores")
+    scores = np.concatenate([tar, non])
+    order = np.argsort(scores, kind="mergesort")
+    is_target = np.concatenate([np.ones(tar.size), np.zeros(non.size)])[order]
+    tar_sums = np.cumsum(is_target)
+    non_sums = non.size - (np.arange(1, scores.size + 1) - tar_sums)
+    frr = np.concatenate([[0.0], tar_sums / tar.size])
+    far = np.concatenate([[1.0], non_sums / non.size])
+    thresholds = np.concatenate([[scores[order[0]] - 0.001], scores[order]])
+    return float(thresholds[int(np.argmin(np.abs(frr - far)))])
+
+
+def asv_error_rates(asv_target, asv_nontarget, asv_spoof, threshold: float) -> ASVRates:
+    """Error rates of ASV scores at ``threshold`` (accept ``score >= threshold``)."""
+    tar = _as_scores(asv_target, "ASV target scores")
+    non = _as_scores(asv_nontarget, "ASV non-target scores")
+    spoof = _as_scores(asv_spoof, "ASV spoof scores")
+    return ASVRates(
+        float(np.mean(non >= threshold)), float(np.mean(tar < threshold)), float(np.mean(spoof >= threshold))
+    )
+
+
+def t_dcf_weights(rates: ASVRates, version: str = "2019", cost_model: TDCF2019Cost | TDCF2021Cost | None = None):
+    """(C0, C1, C2) of the t-DCF for an ASV system with these error rates: the t-DCF of a CM is
+    ``C0 + C1 * Pmiss_cm + C2 * Pfa_cm`` normalised by ``C0 + min(C1, C2)`` (C0 = 0 in 2019)."""
     version = str(version)
     if version not in _COST_TYPES:
         raise ValueError(f"t-DCF version must be '2019' or '2021', got {version!r}")
@@ -284,28 +320,67 @@ def t_dcf(
         raise ValueError(f"t-DCF version {version} needs a {_COST_TYPES[version].__name__}, got {type(cost).__name__}")
     if min(cost.p_tar, cost.p_non, cost.p_spoof) < 0 or abs(cost.p_tar + cost.p_non + cost.p_spoof - 1) > 1e-10:
         raise ValueError("t-DCF priors p_tar, p_non, p_spoof must be non-negative and sum to 1")
-
-    bona, spoof = _as_scores(bonafide_cm, "bona fide CM scores"), _as_scores(spoof_cm, "spoof CM scores")
-    tar, non = _as_scores(asv_target, "ASV target scores"), _as_scores(asv_nontarget, "ASV non-target scores")
-    spoof_asv = _as_scores(asv_spoof, "ASV spoof scores")
-
-    thr = _eer_threshold(tar, non)
-    pfa_asv, pmiss_asv = float(np.mean(non >= thr)), float(np.mean(tar < thr))
-    pfa_spoof_asv = float(np.mean(spoof_asv >= thr))
-    pfa_cm, pmiss_cm, _ = _rates(bona, spoof)
-
+    for name in ("pfa", "pmiss", "pfa_spoof"):
+        if not 0.0 <= getattr(rates, name) <= 1.0:
+            raise ValueError(f"ASV {name} must be a rate in [0, 1], got {getattr(rates, name)}")
     if isinstance(cost, TDCF2019Cost):  # the version's type, checked above
-        c1 = cost.p_tar * (cost.c_miss_cm - cost.c_miss_asv * pmiss_asv) - cost.p_non * cost.c_fa_asv * pfa_asv
-        c2 = cost.c_fa_cm * cost.p_spoof * pfa_spoof_asv  # = (1 - Pmiss_spoof_asv)
+        c1 = cost.p_tar * (cost.c_miss_cm - cost.c_miss_asv * rates.pmiss) - cost.p_non * cost.c_fa_asv * rates.pfa
+        c2 = cost.c_fa_cm * cost.p_spoof * rates.pfa_spoof  # = (1 - Pmiss_spoof_asv)
         c0 = 0.0
     else:
-        c0 = cost.p_tar * cost.c_miss * pmiss_asv + cost.p_non * cost.c_fa * pfa_asv
+        c0 = cost.p_tar * cost.c_miss * rates.pmiss + cost.p_non * cost.c_fa * rates.pfa
         c1 = cost.p_tar * cost.c_miss - c0
-        c2 = cost.p_spoof * cost.c_fa_spoof * pfa_spoof_asv
+        c2 = cost.p_spoof * cost.c_fa_spoof * rates.pfa_spoof
+    return c0, c1, c2
+
+
+def t_dcf(
+    bonafide_cm,
+    spoof_cm,
+    asv_target=None,
+    asv_nontarget=None,
+    asv_spoof=None,
+    version: str = "2019",
+    cost_model: TDCF2019Cost | TDCF2021Cost | None = None,
+    *,
+    asv_threshold: float | str = "eer",
+    asv_rates: ASVRates | tuple[float, float, float] | None = None,
+    weights: tuple[float, float, float] | None = None,
+) -> float:
+    """Minimum normalised tandem detection cost of a CM in front of a fixed ASV system.
+
+    The ASV operating point, most specific first: ``weights`` (C0, C1, C2) given directly;
+    ``asv_rates`` (Pfa, Pmiss, Pfa_spoof of the ASV system, fractions); or the ASV scores with
+    ``asv_threshold``: ``"eer"`` (default) lightsv's EER threshold (``eer_threshold``: the ROC point
+    nearest the crossing, ties kept together), ``"official"`` the ASVspoof packages' threshold
+    (``official_eer_threshold``, one trial off), or a number. The minimum is over all CM thresholds.
+    ``version`` picks the 2019 (legacy) or 2021 (revised) formula; ``cost_model`` defaults to that
+    version's ``COST_MODEL_*`` and must be of the matching type. CM scores: higher = more bona fide.
+    """
+    bona, spoof = _as_scores(bonafide_cm, "bona fide CM scores"), _as_scores(spoof_cm, "spoof CM scores")
+    if weights is not None:
+        c0, c1, c2 = (float(w) for w in weights)
+    else:
+        if asv_rates is None:
+            if asv_target is None or asv_nontarget is None or asv_spoof is None:
+                raise ScoresError("t-DCF needs the ASV target, non-target and spoof scores, or asv_rates, or weights")
+            if asv_threshold == "eer":
+                thr = _eer_threshold(*_split_asv(asv_target, asv_nontarget))
+            elif asv_threshold == "official":
+                thr = official_eer_threshold(asv_target, asv_nontarget)
+            elif isinstance(asv_threshold, str):
+                raise ValueError(f"asv_threshold must be 'eer', 'official' or a number, got {asv_threshold!r}")
+            else:
+                thr = float(asv_threshold)
+            asv_rates = asv_error_rates(asv_target, asv_nontarget, asv_spoof, thr)
+        rates = asv_rates if isinstance(asv_rates, ASVRates) else ASVRates(*(float(r) for r in asv_rates))
+        c0, c1, c2 = t_dcf_weights(rates, version, cost_model)
     # The official packages refuse negative weights too: they only arise from an ASV system worse
     # than chance, where the t-DCF has no meaning.
-    if c1 < 0 or c2 < 0:
-        raise ScoresError(f"t-DCF weights are negative (C1={c1:.4g}, C2={c2:.4g}): is the ASV system reversed?")
+    if c0 < 0 or c1 < 0 or c2 < 0:
+        raise ScoresError(
+            f"t-DCF weights are negative (C0={c0:.4g}, C1={c1:.4g}, C2={c2:.4g}): is the ASV system reversed?"
+        )
     # The normaliser is the cost of the better trivial CM (pass everything or block everything).
     default = c0 + min(c1, c2)
     if default <= 0:
@@ -313,4 +388,66 @@ def t_dcf(
             "t-DCF is undefined: the ASV system alone already makes no costly error "
             "(e.g. it rejects every spoof), so there is nothing for a CM to improve"
         )
+    pfa_cm, pmiss_cm, _ = _rates(bona, spoof)
     return float(np.min(c0 + c1 * pmiss_cm + c2 * pfa_cm) / default)
+
+
+def _split_asv(asv_target, asv_nontarget) -> tuple[np.ndarray, np.ndarray]:
+    return _as_scores(asv_target, "ASV target scores"), _as_scores(asv_nontarget, "ASV non-target scores")
+
+
+# ----------------------------------------------------------------------------- SASV
+
+
+def sasv_eers(target, nontarget, spoof) -> dict[str, float]:
+    """The SASV 2022 challenge's three EERs (percent) of one score per trial: ``sasv_eer`` target vs
+    non-target and spoof trials together, ``sv_eer`` target vs non-target, ``spf_eer`` target vs spoof.
+    Interpolated at the crossing, like ``eer``; the challenge script takes the ROC point nearest the
+    crossing, which differs by at most one ROC step."""
+    tar = _as_scores(target, "target scores")
+    non = _as_scores(nontarget, "non-target scores")
+    spf = _as_scores(spoof, "spoof scores")
+    return {
+        "sasv_eer": _eer(tar, np.concatenate([non, spf])),
+        "sv_eer": _eer(tar, non),
+        "spf_eer": _eer(tar, spf),
+    }
+
+
+@dataclass(frozen=True)
+class ADCFCost:
+    """a-DCF cost model (Shim et al., Odyssey 2024); default: ASVspoof 5's. Priors must sum to 1."""
+
+    p_tar: float = 0.9405
+    p_non: float = 0.0095
+    p_spf: float = 0.05
+    c_miss: float = 1.0
+    c_fa_asv: float = 10.0  # a non-target accepted
+    c_fa_cm: float = 10.0  # a spoof accepted
+
+
+COST_MODEL_ASVSPOOF5 = ADCFCost()
+
+
+def a_dcf(
+    target, nontarget, spoof, cost_model: ADCFCost = COST_MODEL_ASVSPOOF5, threshold: float | None = None
+) -> float:
+    """Normalised architecture-agnostic DCF of one score per trial (Shim et al. 2024):
+    ``C_miss P_tar Pmiss(t) + C_fa,asv P_non Pfa,non(t) + C_fa,cm P_spf Pfa,spf(t)`` over the cost of
+    the better trivial system (accept all or reject all); the minimum over thresholds, or at
+    ``threshold`` (accept ``score >= threshold``)."""
+    c = cost_model
+    if min(c.p_tar, c.p_non, c.p_spf) < 0 or abs(c.p_tar + c.p_non + c.p_spf - 1) > 1e-10:
+        raise ValueError("a-DCF priors p_tar, p_non, p_spf must be non-negative and sum to 1")
+    tar = _as_scores(target, "target scores")
+    non = _as_scores(nontarget, "non-target scores")
+    spf = _as_scores(spoof, "spoof scores")
+    if threshold is None:
+        thresholds = np.append(np.unique(np.concatenate([tar, non, spf])), np.inf)
+    else:
+        thresholds = np.array([float(threshold)])
+    pmiss = np.searchsorted(np.sort(tar), thresholds, side="left") / tar.size
+    pfa_non = 1.0 - np.searchsorted(np.sort(non), thresholds, side="left") / non.size
+    pfa_spf = 1.0 - np.searchsorted(np.sort(spf), thresholds, side="left") / spf.size
+    cost = c.c_miss * c.p_tar * pmiss + c.c_fa_asv * c.p_non * pfa_non + c.c_fa_cm * c.p_spf * pfa_spf
+    return float(cost.min() / min(c.c_miss * c.p_tar, c.c_fa_asv * c.p_non + c.c_fa_cm * c.p_spf))

@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # torch is imported only by the torch backend, so the onnx ba
     from torch import nn
 
     from lightsv.features import Fbank, FbankConfig
+    from lightsv.spoof.sasv import SpoofAwareVerification
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default.pt"
@@ -300,15 +301,36 @@ class Verifier:
     # ------------------------------------------------------------------ scoring
 
     def verify(
-        self, name: str, clip, *, sample_rate: int | None = None, enrolled_seconds: float | None = None
-    ) -> Verification:
+        self,
+        name: str,
+        clip,
+        *,
+        sample_rate: int | None = None,
+        enrolled_seconds: float | None = None,
+        spoof_check: bool = False,
+        countermeasure=None,
+    ) -> Verification | SpoofAwareVerification:
         """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
 
         With a duration-aware calibration (and no ``threshold=`` override or cohort) the decision is
         ``llr >= `` the operating point's LLR threshold; ``enrolled_seconds``: how much audio the
         enrollment held (default: the calibration's typical enrollment; the store does not record it).
         Raises ThresholdError, before any work, when there is no threshold for the current scores.
+        ``spoof_check=True`` also scores the clip with a countermeasure (default: the shipped one; or
+        ``countermeasure=`` a path or :class:`lightsv.spoof.Countermeasure`) and rejects a clip judged
+        spoofed whatever its speaker score: a :class:`lightsv.spoof.sasv.SpoofAwareVerification`.
         """
+        if spoof_check:
+            from lightsv.spoof import sasv
+
+            return sasv.verify(
+                self,
+                name,
+                clip,
+                sample_rate=sample_rate,
+                enrolled_seconds=enrolled_seconds,
+                countermeasure=countermeasure,
+            )
         threshold = self.decision_threshold()
         enrolled = self.speaker_embedding(name)
         if not self._uses_llr:

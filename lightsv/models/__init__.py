@@ -10,6 +10,13 @@ from lightsv.models.ecapa import EcapaConfig, EcapaTdnn, ecapa_tdnn, ecapa_tdnn_
 from lightsv.models.resnet import ResNet, ResNetConfig, resnet18, resnet34
 from lightsv.ssl.model import ssl
 
+
+def spoof_side(**options) -> nn.Module:
+    from lightsv.spoof.models import spoof_side as build  # imported on use: it loads a speaker checkpoint
+
+    return build(**options)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "ecapa_tdnn": ecapa_tdnn,
     "ecapa_tdnn_1024": ecapa_tdnn_1024,
@@ -19,6 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "amcrn": amcrn,
     "amcrn_small": amcrn_small,
     "ssl": ssl,  # transformers wav2vec2 / AST front-end and a light head (needs the peft extra)
+    "spoof_side": spoof_side,  # countermeasure: a side network on a frozen speaker trunk (lightsv.spoof.models)
 }
 
 

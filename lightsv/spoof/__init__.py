@@ -1,10 +1,31 @@
-"""Spoofing countermeasures: protocols, the binary objective's data, and CM evaluation (EER, t-DCF).
+"""Spoofing countermeasures: protocols, the binary objective's data, CM evaluation (EER, t-DCF), the
+shipped countermeasure and spoofing-aware verification.
 
 A countermeasure is any lightsv model with one output (the logit of bona fide; higher = more bona
 fide, as in ASVspoof), trained by `lightsv.trainer` when the config has a `spoof:` section.
+Names load on first use, so the torch-free runtime can use `Countermeasure` without importing torch.
 """
 
-from lightsv.spoof.data import BONAFIDE, SPOOF, Entry, read_protocol
-from lightsv.spoof.evaluate import asv_scores, cm_scores, evaluate_cm
+import importlib
 
-__all__ = ["BONAFIDE", "SPOOF", "Entry", "asv_scores", "cm_scores", "evaluate_cm", "read_protocol"]
+_NAMES = {
+    "BONAFIDE": "data",
+    "SPOOF": "data",
+    "Entry": "data",
+    "read_protocol": "data",
+    "asv_scores": "evaluate",
+    "cm_scores": "evaluate",
+    "evaluate_cm": "evaluate",
+    "evaluate_scores": "evaluate",
+    "Countermeasure": "countermeasure",
+    "SpoofAwareVerification": "sasv",
+}
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'lightsv.spoof' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lightsv.spoof.{_NAMES[name]}"), name)
+
+
+__all__ = sorted(_NAMES)

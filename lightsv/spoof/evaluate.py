@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from lightsv import metrics
 from lightsv.audio import load
 from lightsv.errors import ScoresError
-from lightsv.features import FbankConfig, features_for
 from lightsv.spoof.data import BONAFIDE, SPOOF, Entry
 
+if TYPE_CHECKING:  # torch only where a torch model is scored: the onnx runtime needs none
+    from torch import nn
 
-@torch.no_grad()
+    from lightsv.features import FbankConfig
+
+
 def cm_scores(
     model: nn.Module,
     paths: Sequence[str],
@@ -34,10 +36,21 @@ def cm_scores(
 ) -> np.ndarray:
     """The countermeasure's score (logit of bona fide) of each clip, whole (up to `max_seconds`),
     one clip at a time so that no clip is scored padded."""
+    import torch
+
+    from lightsv.features import FbankConfig, features_for
+
+    with torch.no_grad():
+        return _cm_scores(model, paths, features or FbankConfig(), max_seconds, progress, features_for)
+
+
+def _cm_scores(model, paths, features, max_seconds, progress, features_for) -> np.ndarray:
+    import torch
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    extract = features_for(model, features or FbankConfig()).to(device)
+    extract = features_for(model, features).to(device)
     bar = paths
     if progress:
         from tqdm import tqdm
@@ -79,14 +92,18 @@ def asv_scores(entries: Sequence[Entry], model: str | None = None) -> dict:
     return {"target": target, "nontarget": nontarget, "spoof": spoof, "spoof_systems": systems}
 
 
-def _t_dcf(bona: np.ndarray, spoof: np.ndarray, asv: dict | None, system: str | None) -> dict:
+def _t_dcf(
+    bona: np.ndarray, spoof: np.ndarray, asv: dict | None, system: str | None, asv_threshold: str = "eer"
+) -> dict:
     if asv is None:
         return {}
     asv_spoof = [s for s, name in zip(asv["spoof"], asv["spoof_systems"], strict=True) if system in (None, name)]
     out: dict = {"asv_spoof_trials": len(asv_spoof)}
     for version in ("2019", "2021"):
         try:
-            out[f"t_dcf_{version}"] = metrics.t_dcf(bona, spoof, asv["target"], asv["nontarget"], asv_spoof, version)
+            out[f"t_dcf_{version}"] = metrics.t_dcf(
+                bona, spoof, asv["target"], asv["nontarget"], asv_spoof, version, asv_threshold=asv_threshold
+            )
         except (ScoresError, ValueError) as err:  # no ASV spoof trial of this system, or t-DCF undefined
             out[f"t_dcf_{version}"] = None
             out[f"t_dcf_{version}_why"] = " ".join(str(err).split())
@@ -105,13 +122,22 @@ def evaluate_cm(
     """EER (bona fide vs spoof) with its bootstrap interval and, given `asv_scores`, t-DCF; overall
     and per spoofing system (bona fide vs that system). Also the scores, for plots."""
     scores = cm_scores(model, [e.path for e in entries], features, max_seconds, progress)
+    return evaluate_scores(scores, entries, asv, bootstrap)
+
+
+def evaluate_scores(
+    scores: np.ndarray, entries: Sequence[Entry], asv: dict | None = None, bootstrap: int = 1000, asv_threshold="eer"
+) -> dict:
+    """`evaluate_cm` for CM scores already made, one per entry; `asv_threshold` as in `metrics.t_dcf`
+    ("official": the ASVspoof packages' ASV threshold convention)."""
+    scores = np.asarray(scores, dtype=np.float64)
     labels = np.array([e.label for e in entries])
     systems = np.array([e.system for e in entries])
     bona = scores[labels == BONAFIDE]
     result: dict = {
         "overall": {
             **metrics.summary(scores, labels, bootstrap=bootstrap),
-            **_t_dcf(bona, scores[labels == SPOOF], asv, None),
+            **_t_dcf(bona, scores[labels == SPOOF], asv, None, asv_threshold),
         }
     }
     result["systems"] = {}
@@ -121,7 +147,7 @@ def evaluate_cm(
         result["systems"][system] = {
             "eer": metrics.eer(np.concatenate([bona, spoof]), np.r_[np.ones(len(bona)), np.zeros(len(spoof))]),
             "spoof": int(pick.sum()),
-            **_t_dcf(bona, spoof, asv, system),
+            **_t_dcf(bona, spoof, asv, system, asv_threshold),
         }
     if asv is not None:
         result["asv"] = {

@@ -1,0 +1,107 @@
+"""Spoofing-aware speaker verification on the spoof set's dev speakers: SV-EER, SPF-EER, SASV-EER
+(SASV 2022) and a-DCF (ASVspoof 5 costs) for the speaker model alone and with a countermeasure.
+
+    python benchmarks/sasv.py [--cm NAME=PATH ...]   # default: the shipped countermeasure
+    # writes benchmarks/results/sasv.{md,json} and the trial list benchmarks/results/sasv_trials_dev.txt
+
+Trials (lightsv.spoof.sasv.sasv_trials on the dev split of ../shared/data/spoof/protocol.csv):
+target = two bona fide clips of one speaker, non-target = bona fide clips of two speakers, spoof =
+a spoofed clip of a speaker's voice against that speaker's bona fide clip. Every clip is scored
+whole (no speech trimming), as the CM scores it. Systems, one score per trial:
+
+- speaker model alone: the cosine of the shipped speaker model;
+- score sum: cosine + CM logit of the test clip (the SASV 2022 score-sum baseline, raw scores);
+- spoof check: the decision rule of `Verifier.verify(spoof_check=True)` as one score: the cosine
+  where the CM passes the test clip at its calibrated threshold, else the cosine minus 10 (below
+  every passing trial). With the shipped CM this is the joint model: the side network reads the
+  speaker model's own trunk. Its a-DCF is also given at the shipped thresholds (the actual cost of
+  the decisions `verify` makes), beside the minimum over thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import lightsv
+from lightsv import metrics
+from lightsv.spoof.countermeasure import Countermeasure
+from lightsv.spoof.data import read_protocol
+from lightsv.spoof.sasv import sasv_trials
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
+GATE = 10.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cm", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args()
+    cms = {"shipped CM": Countermeasure.load(backend="torch")}
+    for item in args.cm:
+        name, path = item.split("=", 1)
+        cms[name] = Countermeasure.load(path, backend="torch")
+    entries = read_protocol(DATA / "spoof" / "protocol.csv", DATA, "dev")
+    trials = sasv_trials(entries)
+    RESULTS.mkdir(exist_ok=True)
+    rel = lambda p: os.path.relpath(p, DATA)  # noqa: E731
+    (RESULTS / "sasv_trials_dev.txt").write_text("".join(f"{rel(a)} {rel(b)} {k}\n" for a, b, k in trials))
+    clips = sorted({p for a, b, _ in trials for p in (a, b)})
+    verifier = lightsv.Verifier.load(vad=False)
+    emb = dict(zip(clips, verifier.embed_many(clips, progress=False), strict=True))
+    cosine = np.array([float(emb[a] @ emb[b]) for a, b, _ in trials])
+    keys = np.array([k for _, _, k in trials])
+    tests = sorted({b for _, b, _ in trials})
+    systems: dict[str, tuple[np.ndarray, float | None]] = {
+        "speaker model alone": (cosine, verifier.threshold),
+    }
+    for name, cm in cms.items():
+        cm_score = {p: cm.score(p) for p in tests}
+        logit = np.array([cm_score[b] for _, b, _ in trials])
+        systems[f"score sum, {name}"] = (cosine + logit, None)
+        gated = np.where(logit >= cm.threshold, cosine, cosine - GATE)
+        systems[f"spoof check, {name}"] = (gated, verifier.threshold)
+    rows = {}
+    for name, (score, threshold) in systems.items():
+        tar, non, spf = score[keys == "target"], score[keys == "nontarget"], score[keys == "spoof"]
+        row = {**metrics.sasv_eers(tar, non, spf), "a_dcf": metrics.a_dcf(tar, non, spf)}
+        if threshold is not None:
+            row["a_dcf_at_threshold"] = metrics.a_dcf(tar, non, spf, threshold=threshold)
+            row["threshold"] = threshold
+        rows[name] = row
+    counts = {k: int((keys == k).sum()) for k in ("target", "nontarget", "spoof")}
+    lines = [
+        f"Written by `python benchmarks/sasv.py{''.join(f' --cm {c}' for c in args.cm)}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({platform.node() or 'host'}; "
+        f"load average {os.getloadavg()[0]:.1f}).",
+        "",
+        f"Trials (`sasv_trials_dev.txt`): {counts['target']} target, {counts['nontarget']} non-target, "
+        f"{counts['spoof']} spoof, from the {len(entries)} dev entries of the spoof set (speakers with bona fide "
+        "clips only). EERs in %; a-DCF normalised, ASVspoof 5 costs (P_tar 0.9405, P_non 0.0095, P_spf 0.05, "
+        "C_miss 1, C_fa,asv 10, C_fa,cm 10); min: over all thresholds; at threshold: at the shipped "
+        "speaker model's EER threshold (and the CM's calibrated one), i.e. the decisions `verify` makes.",
+        "",
+        "| system | SV-EER | SPF-EER | SASV-EER | min a-DCF | a-DCF at threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        at = r.get("a_dcf_at_threshold")
+        lines.append(
+            f"| {name} | {r['sv_eer']:.2f} | {r['spf_eer']:.2f} | {r['sasv_eer']:.2f} | {r['a_dcf']:.4f} | "
+            f"{'-' if at is None else f'{at:.4f}'} |"
+        )
+    (RESULTS / "sasv.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "sasv.json").write_text(json.dumps({"counts": counts, "systems": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Countermeasures that share the speaker model's trunk.
+
+`SideCM` keeps a speaker ECAPA-TDNN (by default the shipped one) frozen and learns a small side
+network on the frame-level features of its three SE-Res2 stages (ladder side-tuning, Sung et al.
+2022): the trunk's weights and outputs are untouched, so one forward pass of the trunk gives the
+speaker embedding and, through the side network, the countermeasure's score. Only the side network
+trains; the trunk stays in eval mode (its BatchNorm statistics are the speaker model's).
+
+The trunk's weights are stored in the CM's checkpoint (self-contained: the file loads without the
+speaker checkpoint it came from); `trunk_id` records which speaker model it is, so a verifier can
+tell when the CM and its speaker model share the trunk and run it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightsv.errors import ConfigError
+from lightsv.models.ecapa import EcapaTdnn
+from lightsv.models.pooling import AttentiveStatsPool, frame_mask
+
+
+@dataclass
+class SideCMConfig:
+    feat_dim: int = 80
+    trunk: str = "default"  # speaker checkpoint whose trunk is shared; "default": the shipped model
+    trunk_model: str = ""  # filled when built: the trunk's registered name, config and tuners,
+    trunk_config: dict | None = None  # so a saved CM rebuilds its trunk without the trunk's file
+    trunk_tuners: list | None = None
+    trunk_id: str = ""
+    channels: int = 64
+    dilations: tuple[int, ...] = (2, 3)
+    attention_channels: int = 32
+
+
+def trunk_features(trunk: EcapaTdnn, feats: torch.Tensor, lengths: torch.Tensor | None = None):
+    """(speaker embedding, frame features of the three SE-Res2 stages [B, 3C, T], frame mask): the
+    speaker model's own forward pass, keeping what the side network reads."""
+    x = feats.transpose(1, 2)
+    mask = frame_mask(lengths, x)
+    out1 = trunk.layer1(x * mask, mask=mask) * mask
+    out2 = trunk.layer2(out1, mask=mask) * mask
+    out3 = trunk.layer3(out2, mask=mask) * mask
+    out4 = trunk.layer4(out3, mask=mask) * mask
+    frames = torch.cat([out2, out3, out4], dim=1)
+    x = trunk.mfa(frames, mask=mask) * mask
+    emb = trunk.embed_norm(trunk.embed(trunk.pool_norm(trunk.pool(x, mask=mask))))
+    return emb, frames, mask
+
+
+class SideNet(nn.Module):
+    """1x1 projection of the tapped stages, dilated residual convolutions, attentive statistics
+    pooling and one logit (bona fide)."""
+
+    def __init__(self, in_channels: int, channels: int, dilations: tuple[int, ...], attention_channels: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv1d(in_channels, channels, 1), nn.ReLU(), nn.BatchNorm1d(channels))
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(channels, channels, 3, padding=d, dilation=d), nn.ReLU(), nn.BatchNorm1d(channels))
+            for d in dilations
+        )
+        self.pool = AttentiveStatsPool(channels, attention_channels)
+        self.out = nn.Linear(2 * channels, 1)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.proj(frames) * mask
+        for conv in self.convs:
+            x = (x + conv(x)) * mask
+        return self.out(self.pool(x, mask=mask))
+
+
+class SideCM(nn.Module):
+    """Countermeasure on a frozen speaker trunk: `forward(feats, lengths) -> [B, 1]` logit of bona
+    fide; `joint(feats, lengths) -> (speaker embedding, logit)` in one pass of the trunk."""
+
+    def __init__(self, config: SideCMConfig):
+        super().__init__()
+        self.config = config
+        self.feat_dim, self.embed_dim = config.feat_dim, 1
+        trunk = _build_trunk(config)
+        if not isinstance(trunk, EcapaTdnn):
+            raise ConfigError(f"SideCM needs an ECAPA-TDNN trunk, got {type(trunk).__name__}")
+        self.trunk = trunk
+        channels = 3 * self.trunk.config.channels
+        self.side = SideNet(channels, config.channels, tuple(config.dilations), config.attention_channels)
+        self.prepare_training()
+
+    def prepare_training(self) -> None:
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SideCM:
+        super().train(mode)
+        self.trunk.train(False)  # the shared trunk keeps the speaker model's behaviour
+        return self
+
+    def joint(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():  # nothing flows back into the frozen trunk
+            emb, frames, mask = trunk_features(self.trunk, feats, lengths)
+        return emb, self.side(frames, mask)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.joint(feats, lengths)[1]
+
+
+def _build_trunk(config: SideCMConfig) -> nn.Module:
+    from lightsv.checkpoint import load_model, read_checkpoint
+    from lightsv.models import build_model
+    from lightsv.tuners import replay
+
+    if config.trunk_config is not None:  # rebuilt from a saved CM: its state dict brings the weights
+        trunk = build_model(config.trunk_model, **config.trunk_config)
+        return replay(trunk, config.trunk_tuners or [])
+    from lightsv.verifier import DEFAULT_MODEL, model_id
+
+    path = DEFAULT_MODEL if config.trunk == "default" else config.trunk
+    trunk = load_model(path)
+    checkpoint = read_checkpoint(path)
+    config.trunk_model, config.trunk_config = checkpoint["model"], dict(checkpoint["config"])
+    config.trunk_tuners = list(checkpoint.get("tuners", []))
+    config.trunk_id = model_id(trunk)
+    return trunk
+
+
+def spoof_side(**options) -> SideCM:
+    return SideCM(SideCMConfig(**options))

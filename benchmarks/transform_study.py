@@ -1,6 +1,7 @@
 """The transformation-module study: every backbone plain and with the module, trained the same way.
 
     python benchmarks/transform_study.py train [--shard I/N]   # trains what is missing into exp/study/
+    python benchmarks/transform_study.py evaluate [--reverse]  # accuracy + ONNX of each trained model, cached
     python benchmarks/transform_study.py report                # -> benchmarks/results/transform_study.*
 
 Training uses recipes/voxceleb/conf/study.yaml for every variant; only model.* and transform.* differ.
@@ -114,11 +115,12 @@ def main() -> None:
     r.add_argument("--bootstrap", type=int, default=1000)
     r.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
     r.add_argument("--speech", type=Path, default=SPEECH)
+    e = sub.add_parser("evaluate", help="only the cached accuracy and ONNX export of every trained variant")
+    e.add_argument("--bootstrap", type=int, default=1000)
+    e.add_argument("--speech", type=Path, default=SPEECH)
+    e.add_argument("--reverse", action="store_true", help="last variant first (a second worker)")
     args = parser.parse_args()
-    if args.command == "train":
-        train(args)
-    else:
-        report(args)
+    {"train": train, "evaluate": evaluate_all, "report": report}[args.command](args)
 
 
 # ----------------------------------------------------------------------------- report
@@ -225,6 +227,38 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def evaluate(v: Variant, speech: Path, bootstrap: int):
+    """The trained model, its accuracy and its ONNX export, computed once and cached in its folder
+    (they do not change between report runs; cost is measured again each time)."""
+    import json
+
+    from lightsv.checkpoint import load_model
+    from lightsv.edge.export import export_checkpoint
+    from lightsv.verifier import _features
+
+    folder = EXP / v.name
+    model, extra = load_model(folder / "model.pt", return_extra=True)
+    model.eval()
+    cached = folder / "study_accuracy.json"
+    if not cached.exists():
+        result = accuracy(model, _features(extra, v.name), speech, bootstrap)
+        cached.write_text(json.dumps(result, indent=1))
+    if not (folder / "model.onnx").exists():  # written aside, then renamed: a second worker may be at it too
+        part = export_checkpoint(folder / "model.pt", folder / f"model.{os.getpid()}.onnx")
+        os.replace(part, folder / "model.onnx")
+    return model, json.loads(cached.read_text())
+
+
+def evaluate_all(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(1)
+    done = [v for v in variants() if (EXP / v.name / "model.pt").exists()]
+    for v in tqdm(done[::-1] if args.reverse else done, desc="evaluate"):
+        evaluate(v, args.speech, args.bootstrap)
+
+
 def report(args: argparse.Namespace) -> None:
     import csv
     import json
@@ -232,28 +266,14 @@ def report(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from lightsv.checkpoint import load_model
-    from lightsv.edge.export import export_checkpoint
-    from lightsv.verifier import _features
-
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     done = [v for v in variants() if (EXP / v.name / "model.pt").exists()]
     missing = [v.name for v in variants() if v not in done]
     rows, details = [], {}
     for v in tqdm(done, desc="variants"):
-        folder = EXP / v.name
-        model, extra = load_model(folder / "model.pt", return_extra=True)
-        model.eval()
-        cached = folder / "study_accuracy.json"
-        if not cached.exists():  # accuracy does not change between report runs; cost is re-measured
-            result = accuracy(model, _features(extra, v.name), args.speech, args.bootstrap)
-            cached.write_text(json.dumps(result, indent=1))
-        acc = json.loads(cached.read_text())
-        onnx_path = folder / "model.onnx"
-        if not onnx_path.exists():
-            export_checkpoint(folder / "model.pt", onnx_path)
-        c = cost(model, onnx_path, args.repeats)
+        model, acc = evaluate(v, args.speech, args.bootstrap)
+        c = cost(model, EXP / v.name / "model.onnx", args.repeats)
         overall, seg = acc["lists"][LISTS[0]]["overall"], acc["segments"]
         rows.append(
             {

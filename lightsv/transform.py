@@ -202,6 +202,11 @@ class Transformed(nn.Module):
         k, batch = len(parts), x.shape[0]
         tile = lambda v: torch.cat([v] * k) if torch.is_tensor(v) and v.dim() and v.shape[0] == batch else v  # noqa: E731
         out = self.blocks[0](torch.cat(parts), *map(tile, args), **{n: tile(v) for n, v in kwargs.items()})
+        # [K*B, C, ...] -> [B, K*C, ...], subsets in order. Under torch.export, chunk() on a symbolic
+        # batch specialises the batch size (the ONNX file would take one batch size only); the
+        # TorchScript tracer (recurrent models) keeps chunk() dynamic but not the reshape.
+        if torch.compiler.is_compiling():
+            return out.unflatten(0, (k, -1)).transpose(0, 1).flatten(1, 2)
         return torch.cat(out.chunk(k), dim=1)
 
 

@@ -43,14 +43,14 @@ def batch(speech, seconds):
     return wav, lengths
 
 
-@pytest.mark.parametrize("subsets", [None, 2], ids=["plain", "K2"])
+@pytest.mark.parametrize("subsets,share", [(None, False), (2, False), (2, True)], ids=["plain", "K2", "K2shared"])
 # One name per backbone class: the other names of a class differ only in the sizes TINY overrides.
 @pytest.mark.parametrize("name", ["ecapa_tdnn", "resnet18", "amcrn_small"])
-def test_every_backbone_exports_with_parity(tmp_path, speech, name, subsets):
+def test_every_backbone_exports_with_parity(tmp_path, speech, name, subsets, share):
     torch.manual_seed(0)
     model = lightsv.build_model(name, **tiny(name))
     if subsets:
-        lightsv.transform.apply(model, subsets=subsets)
+        lightsv.transform.apply(model, subsets=subsets, share=share)
     model.eval()
     path = export(model, tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(path), full_check=True)

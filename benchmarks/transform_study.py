@@ -363,6 +363,15 @@ def markdown(rows: list[dict], details: dict, meta: dict) -> str:
             f"| {r['backbone']} | {_label(r)} | {px:.2f} | {mx:.2f} | {ex:.2f} | {'yes' if inside else 'no'} "
             f"| {'yes' if met else 'no'} |"
         )
+    lines += [
+        "",
+        "What the budget allows: 600 steps of batch 32 per model (the recipe scaled to a 2-core machine), so "
+        "absolute EERs are far from the shipped model's and the speaker-resampled intervals are wide "
+        "(trials_dev.txt has few enrolled speakers per family): read a difference as real only where it "
+        "leaves the plain backbone's interval. ResNet34 (base width 8) costs 3-10x more per step on CPU "
+        "than the other two (2-D convolutions; split narrow blocks make many small ones), so its "
+        "variants train last and resume across sessions (`train` picks up each run's last epoch).",
+    ]
     lines += ["", "## Every dev list (full length): EER % [95 %, speakers resampled]", ""]
     lines += ["| model | " + " | ".join(LISTS) + " |", "|---|" + "---|" * len(LISTS)]
     for name, d in details.items():
@@ -402,7 +411,8 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
     for name, c in colours.items():
         ax.plot([], [], color=c, marker="o", linestyle="none", label=name)
-    ax.plot([], [], color="grey", marker="D", mfc="white", linestyle="none", label="K=4 shared (open)")
+    ax.plot([], [], color="grey", marker="o", linestyle="none", label="o plain, s K=2, D K=4")
+    ax.plot([], [], color="grey", marker="D", mfc="white", linestyle="none", label="open: shared narrow block")
     ax.set_xscale("log")
     ax.set_xlabel("M MACs per second of audio")
     ax.set_ylabel("EER % on trials_dev.txt (95 % interval, speakers resampled)")

@@ -18,13 +18,7 @@ exp=${exp:-../../exp/spoof/$(basename "$config" .yaml)}
 mkdir -p "$exp"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-launch() {  # torchrun when more than one process is asked for
-  if [ "$nproc" -gt 1 ]; then
-    python -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m lightsv.trainer "$@"
-  else
-    python -m lightsv.trainer "$@"
-  fi
-}
+. ../tools/launch.sh  # launch: the trainer, under torchrun when nproc > 1
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   echo "stage 1: protocol summary"

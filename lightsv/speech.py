@@ -20,6 +20,8 @@ loud non-speech (music, a door): those pass as speech, as they did before.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,3 +121,147 @@ def trim(
     if kept == [(0, len(wav))]:
         return wav
     return np.ascontiguousarray(np.concatenate([wav[a:b] for a, b in kept]))
+
+
+class SpeechGate:
+    """The detector above run causally on a stream: ``push(samples)`` returns the samples to embed.
+
+        gate = SpeechGate()
+        for chunk in microphone():
+            speech = gate.push(chunk)     # speech with its margins, possibly empty; delayed by up to ~1.6 s
+        speech = gate.flush()             # at the stream's end: what is still held and belongs to speech
+
+    Each 10 ms frame is judged once, when its 25 ms window is complete, against the statistics of
+    everything heard so far (the offline detector uses the whole clip's): the noise floor is the
+    ``floor_percentile`` of a histogram of frame energies (0.1 dB bins, fixed size), the peak a
+    running maximum. As offline: below ``steady_db`` of range nothing is speech; between that and
+    ``confident_db`` (a noisy recording, or too little heard to tell) every audible frame is; above
+    it, frames over the threshold are. Spans shorter than ``min_span_s`` are dropped, gaps up to
+    ``bridge_gap_s`` bridged, ``margin_s`` kept on both sides: audio whose fate is still open (the
+    margin before a possible onset, a gap that may yet be bridged, an unconfirmed span) is held back,
+    at most margin + bridge + min span, so memory and work per sample are bounded for any stream.
+
+    Counters, in samples: ``heard`` (pushed), ``speech`` (detected speech spans, bridged pauses
+    included, margins not: what :func:`speech_seconds` counts offline), ``admitted`` (returned).
+    """
+
+    BIN_DB = 0.1
+    TOP_DB = 10.0  # frame energies are at most ~+3 dB re full scale for samples in [-1, 1]
+
+    def __init__(self, config: SpeechConfig = SpeechConfig()):
+        self.config = config
+        self._hop = int(config.hop_s * SAMPLE_RATE)
+        self._frame = int(config.frame_s * SAMPLE_RATE)
+        self._margin = int(round(config.margin_s / config.hop_s))  # in frames
+        # The offline span ends where its last frame's window ends, (frame - hop) samples past its hop.
+        self._trail = int(math.ceil((config.margin_s * SAMPLE_RATE + self._frame - self._hop) / self._hop))
+        self._bridge = config.bridge_gap_s / config.hop_s  # gap frames a span bridges
+        self._min = config.min_span_s / config.hop_s  # frames a span needs
+        bins = int(math.ceil((self.TOP_DB - config.absolute_floor_db) / self.BIN_DB))
+        self._hist = np.zeros(bins, dtype=np.int64)
+        self._audible = 0
+        self._peak = -math.inf
+        self._tail = np.zeros(0, dtype=np.float32)  # samples of frames whose window is not complete yet
+        self._frames = 0  # frames judged
+        self._held: deque[np.ndarray] = deque()  # hops not yet admitted nor dropped, oldest first
+        self._start = -1  # first frame of the open span (-1: none)
+        self._last = -1  # last speech frame of the open span
+        self._confirmed = False  # the open span is long enough to be speech
+        self.heard = 0
+        self.speech = 0
+        self.admitted = 0
+
+    @property
+    def speech_seconds(self) -> float:
+        """Seconds of detected speech so far, the open span up to its last speech frame included."""
+        open_span = self._last - self._start + 1 if self._confirmed else 0
+        return (self.speech + open_span * self._hop) / SAMPLE_RATE
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Judge the frames these samples complete; return the samples now known to be kept."""
+        return self._emit([hop for _, _, hops in self.frames(samples) for hop in hops])
+
+    def frames(self, samples: np.ndarray) -> list[tuple[int, float, list[np.ndarray]]]:
+        """As :meth:`push`, frame by frame: (samples heard when the frame was judged, speech seconds
+        then, the hops it released); only frames that released audio are listed. None of it depends
+        on how the stream was cut into chunks."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        wav = np.concatenate([self._tail, samples]) if self._tail.size else samples
+        base = self.heard - self._tail.size  # where wav starts in the stream
+        self.heard += len(samples)
+        n = 0 if len(wav) < self._frame else (len(wav) - self._frame) // self._hop + 1
+        out: list[tuple[int, float, list[np.ndarray]]] = []
+        if n:
+            energies = frame_energies_db(wav[: (n - 1) * self._hop + self._frame], self.config)
+            for i, energy in enumerate(energies.tolist()):
+                kept = self._judge(wav[i * self._hop : (i + 1) * self._hop], energy)
+                if kept:
+                    self.admitted += sum(len(h) for h in kept)
+                    out.append((base + i * self._hop + self._frame, self.speech_seconds, kept))
+        self._tail = wav[n * self._hop :].copy()
+        return out
+
+    def flush(self) -> np.ndarray:
+        """At the stream's end: the unjudged last samples when a confirmed span's trailing margin
+        still runs; everything else held (an unconfirmed span, margins before no speech) is dropped."""
+        kept = self._tail if self._confirmed and self._frames - 1 - self._last < self._trail else self._tail[:0]
+        self._close_span()
+        self._held.clear()
+        self._tail = np.zeros(0, dtype=np.float32)
+        self.admitted += len(kept)
+        return kept
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _emit(hops: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(hops) if hops else np.zeros(0, dtype=np.float32)
+
+    def _is_speech(self, energy: float) -> bool:
+        c = self.config
+        if energy <= c.absolute_floor_db:
+            return False
+        index = min(int((energy - c.absolute_floor_db) / self.BIN_DB), self._hist.size - 1)
+        self._hist[index] += 1
+        self._audible += 1
+        self._peak = max(self._peak, energy)
+        # the floor_percentile of the audible frames, to a bin
+        rank = int(np.searchsorted(np.cumsum(self._hist), c.floor_percentile / 100 * self._audible))
+        floor = c.absolute_floor_db + (rank + 0.5) * self.BIN_DB
+        if self._peak - floor < c.steady_db:
+            return False
+        if self._peak - floor < c.confident_db:
+            return True
+        return energy > max(floor + c.floor_margin_db, self._peak - c.dynamic_range_db, c.absolute_floor_db)
+
+    def _judge(self, hop: np.ndarray, energy: float) -> list[np.ndarray]:
+        """Judge one frame by its energy; its hop (the window's first hop_s) is kept, held or dropped."""
+        k = self._frames
+        self._frames += 1
+        if self._is_speech(energy):
+            if self._start < 0:
+                self._start = k
+            self._last = k
+            if not self._confirmed and k - self._start + 1 >= self._min:
+                self._confirmed = True
+            if self._confirmed:  # the margin before, a bridged gap, the unconfirmed start: all kept
+                kept = [*self._held, hop]
+                self._held.clear()
+                return kept
+            self._held.append(hop.copy())
+            return []
+        gap = k - self._last  # frames since the last speech frame (this one included)
+        if self._start >= 0 and gap > self._bridge:  # the open span ends here
+            self._close_span()
+        if self._confirmed and gap <= self._trail:  # trailing margin
+            return [hop]
+        self._held.append(hop.copy())
+        if self._start < 0:  # no open span: only a leading margin's worth may still be kept
+            while len(self._held) > self._margin:
+                self._held.popleft()
+        return []
+
+    def _close_span(self) -> None:
+        if self._confirmed:
+            self.speech += (self._last - self._start + 1) * self._hop
+        self._start, self._last, self._confirmed = -1, -1, False

@@ -2,15 +2,25 @@
 
     s = verifier.stream("alice", error=0.05, max_seconds=6.0)
     for chunk in microphone():                 # any chunk size, 16 kHz float32
-        state = s.feed(chunk)                  # state.seconds, .score, .llr, .decision
+        state = s.feed(chunk)                  # state.seconds, .speech_seconds, .score, .llr, .decision
         if state.decision != "undecided":
             break
     state = s.close()                          # forces a decision if there is none yet
 
+Speech. As clips are trimmed to their speech before embedding, a stream first goes through
+:class:`lightsv.speech.SpeechGate`, the same energy detector run causally (each 10 ms frame judged
+against the noise floor and peak of everything heard so far): leading silence and long pauses are
+not embedded and are not evidence, so the session stays undecided (no score) until there is speech,
+and the LLR's duration is the audio embedded (speech with its 0.5 s margins), as for a trimmed clip.
+The state reports seconds heard and seconds of speech. A stream without speech cannot be decided:
+``close()`` (or ``max_seconds``) raises AudioError "no speech found", as a clip without speech
+does. ``vad=False`` embeds everything fed. The gate holds back at most ~1.6 s of audio whose fate
+is open (the margin before a possible onset, a pause that may be bridged).
+
 Design. The shipped model (ECAPA-TDNN) pools attentive statistics over the whole clip, and its
 attention reads the clip's global mean and deviation, so a frame-by-frame incremental pass would
 change what the model computes. Instead the stream is cut into blocks of ``block_seconds`` (3 s):
-every ``hop_seconds`` (0.25 s) of new audio the current block, with ``context_seconds`` of the
+every ``hop_seconds`` (0.25 s) of new embedded audio the current block, with ``context_seconds`` of the
 previous block before it, is embedded again (bounded work: at most 3.5 s of audio per update,
 whatever the stream's length), and the running embedding is the duration-weighted sum of the
 finished blocks' embeddings plus the current block's. Within the first block, where early decisions
@@ -39,6 +49,7 @@ import numpy as np
 
 from lightsv.audio import SAMPLE_RATE
 from lightsv.errors import AudioError, ConfigError
+from lightsv.speech import SpeechConfig, SpeechGate
 
 DECISIONS = ("accept", "reject", "undecided")
 
@@ -67,8 +78,11 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class StreamState:
-    """The running state: ``seconds`` of audio heard, the running ``score`` (cosine) and ``llr``
-    (None until enough audio for the model), and ``decision``: accept, reject or undecided."""
+    """The running state: ``seconds`` of audio heard, ``speech_seconds`` of them detected as speech
+    (all of them without speech detection), the running ``score`` (cosine) and ``llr`` (None until
+    there is enough speech for the model), and ``decision``: accept, reject or undecided.
+    ``embedded_seconds``: the audio the running embedding is of (the speech with its margins; the
+    LLR's duration)."""
 
     speaker: str
     seconds: float
@@ -77,6 +91,8 @@ class StreamState:
     decision: str
     #: Why the decision was made: "accept bound", "reject bound", "max_seconds", "closed", or "" while undecided.
     reason: str = ""
+    speech_seconds: float = 0.0
+    embedded_seconds: float = 0.0
 
     @property
     def decided(self) -> bool:
@@ -104,7 +120,10 @@ def error_rates(error) -> tuple[float, float]:
 class StreamSession:
     """One speaker's verification over a stream of 16 kHz samples; see the module docstring.
 
-    ``embed``: waveform -> unit embedding; ``llr``: (score, seconds heard) -> LLR.
+    ``embed``: waveform -> unit embedding; ``llr``: (score, seconds embedded) -> LLR. ``vad``: pass
+    the stream through :class:`lightsv.speech.SpeechGate` first, so that only speech (with its
+    margins) is embedded and counted as evidence (a :class:`lightsv.speech.SpeechConfig`: with those
+    settings); False embeds everything fed.
     """
 
     def __init__(
@@ -118,6 +137,7 @@ class StreamSession:
         max_seconds: float = 6.0,
         error=0.05,
         config: StreamConfig | None = None,
+        vad: bool | SpeechConfig = True,
     ):
         self.config = config or StreamConfig()
         if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
@@ -135,12 +155,14 @@ class StreamSession:
         self._hop = int(round(self.config.hop_seconds * SAMPLE_RATE))
         self._block = int(round(self.config.block_seconds * SAMPLE_RATE))
         self._context = int(round(self.config.context_seconds * SAMPLE_RATE))
-        # [context of the previous block | current block]; never grows past this.
+        self._gate = None if vad is False else SpeechGate(vad if isinstance(vad, SpeechConfig) else SpeechConfig())
+        # [context of the previous block | current block] of embedded audio; never grows past this.
         self._buffer = np.zeros(self._context + self._block, dtype=np.float32)
         self._start = 0  # where the current block begins in the buffer (the context before it)
         self._fill = 0
         self._heard = 0  # samples fed in total
-        self._scored = 0  # samples heard at the last update
+        self._taken = 0  # samples embedded in total (= heard without the gate)
+        self._scored = 0  # samples taken at the last update
         self._sum = np.zeros_like(self._enrolled, dtype=np.float64)  # seconds-weighted finished blocks
         self._state = StreamState(speaker, 0.0, None, None, "undecided")
         self._running = np.zeros_like(self._enrolled)
@@ -152,7 +174,7 @@ class StreamSession:
 
     @property
     def embedding(self) -> np.ndarray:
-        """The running unit embedding of everything heard at the last update (zeros before the first)."""
+        """The running unit embedding of everything embedded at the last update (zeros before the first)."""
         return self._running.copy()
 
     def feed(self, samples) -> StreamState:
@@ -160,38 +182,70 @@ class StreamSession:
 
         Once decided, the decision stands and further audio is ignored."""
         wav = _samples(samples)
-        pos = 0
-        while pos < len(wav) and not self._state.decided:
-            # Up to the next hop boundary or the stream's end, whichever comes first.
-            room = min(self._hop - (self._heard - self._scored), self._buffer.size - self._fill)
-            take = min(room, self._max - self._heard, len(wav) - pos)
-            self._buffer[self._fill : self._fill + take] = wav[pos : pos + take]
-            self._fill += take
-            self._heard += take
-            pos += take
-            if self._heard - self._scored >= self._hop:
-                self._update()
-            if self._heard >= self._max and not self._state.decided:
-                if self._heard > self._scored:
-                    self._update()
-                if not self._state.decided:
-                    self._finish("max_seconds")
+        if self._state.decided:
+            return self._state
+        wav = wav[: self._max - self._heard]
+        if self._gate is None:
+            self._take(wav, None)
+        else:
+            for heard, speech, hops in self._gate.frames(wav):
+                for hop in hops:
+                    self._take(hop, heard, speech)
+                if self._state.decided:
+                    break
+        self._heard += len(wav)
+        if not self._state.decided:
+            if self._heard >= self._max:
+                self._end("max_seconds")
+            else:
+                self._state = dataclasses.replace(
+                    self._state, seconds=self._heard / SAMPLE_RATE, speech_seconds=self._speech_seconds()
+                )
         return self._state
 
     def close(self) -> StreamState:
         """Score what is left and force a decision (a decided stream keeps its decision)."""
         if not self._state.decided:
-            if self._heard > self._scored:
-                self._update()
-            self._finish("closed")
+            self._end("closed")
         return self._state
 
     # ------------------------------------------------------------------ internals
 
-    def _update(self) -> None:
-        self._scored = self._heard
-        if self._heard < self._min:
-            self._state = dataclasses.replace(self._state, seconds=self._heard / SAMPLE_RATE)
+    def _speech_seconds(self) -> float:
+        return self._gate.speech_seconds if self._gate is not None else self._heard / SAMPLE_RATE
+
+    def _take(self, wav: np.ndarray, heard: int | None, speech: float | None = None) -> None:
+        """Embed ``wav`` into the blocks, updating at every hop. ``heard``, ``speech``: the samples
+        heard and seconds of speech found when the gate released this audio (None: no gate, the
+        audio is the stream itself, heard as it is taken)."""
+        pos = 0
+        while pos < len(wav) and not self._state.decided:
+            # Up to the next hop boundary or the block's end, whichever comes first.
+            room = min(self._hop - (self._taken - self._scored), self._buffer.size - self._fill)
+            take = min(room, len(wav) - pos)
+            self._buffer[self._fill : self._fill + take] = wav[pos : pos + take]
+            self._fill += take
+            self._taken += take
+            pos += take
+            if self._taken - self._scored >= self._hop:
+                self._update(self._heard + pos if heard is None else heard, speech)
+
+    def _end(self, reason: str) -> None:
+        if self._gate is not None:
+            self._take(self._gate.flush(), self._heard, self._gate.speech_seconds)
+        if not self._state.decided and self._taken > self._scored:
+            self._update(self._heard, self._speech_seconds())
+        if not self._state.decided:
+            self._finish(reason)
+
+    def _update(self, heard: int, speech: float | None) -> None:
+        self._scored = self._taken
+        seconds, embedded = heard / SAMPLE_RATE, self._taken / SAMPLE_RATE
+        speech_seconds = seconds if speech is None else speech
+        if self._taken < self._min:
+            self._state = dataclasses.replace(
+                self._state, seconds=seconds, speech_seconds=speech_seconds, embedded_seconds=embedded
+            )
             return
         # The current block with the previous block's tail before it (a later block is never shorter
         # than context + one hop, so never below the model's minimum once the first block had it).
@@ -201,14 +255,13 @@ class StreamSession:
         total = self._sum + block_seconds * current
         self._running = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
         score = float(self._running @ self._enrolled)
-        seconds = self._heard / SAMPLE_RATE
-        llr = float(self._llr(score, seconds))
+        llr = float(self._llr(score, embedded))
         decision, reason = "undecided", ""
         if llr >= self.accept_bound:
             decision, reason = "accept", "accept bound"
         elif llr <= self.reject_bound:
             decision, reason = "reject", "reject bound"
-        self._state = StreamState(self.speaker, seconds, score, llr, decision, reason)
+        self._state = StreamState(self.speaker, seconds, score, llr, decision, reason, speech_seconds, embedded)
         if self._fill == self._buffer.size:  # the block is full: fold it into the sum, keep its tail as context
             self._sum += block_seconds * current
             tail = self._buffer[self._fill - self._context : self._fill].copy()
@@ -218,13 +271,23 @@ class StreamSession:
     def _finish(self, reason: str) -> None:
         state = self._state
         if state.llr is None:
+            heard = self._heard / SAMPLE_RATE
+            if self._gate is not None and self._gate.speech == 0:
+                raise AudioError(f"the stream: no speech found in {heard:.2f} s: nothing to decide on")
+            what = "of speech (with margins)" if self._gate is not None else ""
             raise AudioError(
-                f"the stream ended after {self._heard / SAMPLE_RATE:.2f} s, less than the model's minimum "
-                f"of {self._min / SAMPLE_RATE:.2f} s: nothing to decide on"
+                f"the stream ended after {heard:.2f} s with {self._taken / SAMPLE_RATE:.2f} s {what}, less than "
+                f"the model's minimum of {self._min / SAMPLE_RATE:.2f} s: no speech found to decide on"
             )
         middle = 0.5 * (self.accept_bound + self.reject_bound)
         decision = "accept" if state.llr >= middle else "reject"
-        self._state = dataclasses.replace(state, decision=decision, reason=reason)
+        self._state = dataclasses.replace(
+            state,
+            decision=decision,
+            reason=reason,
+            seconds=self._heard / SAMPLE_RATE,
+            speech_seconds=self._speech_seconds(),
+        )
 
 
 def _samples(samples) -> np.ndarray:
@@ -285,7 +348,10 @@ def run_stream_command(verifier, args) -> int:
         _print_state(state, args.json)
     if not args.json:
         state = session.state
-        print(f"{state.speaker}: {state.decision} after {state.seconds:.2f} s ({state.reason})")
+        print(
+            f"{state.speaker}: {state.decision} after {state.seconds:.2f} s, {state.speech_seconds:.2f} s of speech "
+            f"({state.reason})"
+        )
     sys.stdout.flush()
     return 1 if args.exit_code and session.state.decision != "accept" else 0
 
@@ -298,7 +364,8 @@ def _print_state(state: StreamState, as_json: bool) -> None:
     else:
         score = "-" if state.score is None else f"{state.score:.4f}"
         llr = "-" if state.llr is None else f"{state.llr:+.2f}"
-        print(f"{state.seconds:6.2f} s  score {score}  llr {llr}  {state.decision}", flush=True)
+        heard = f"{state.seconds:6.2f} s ({state.speech_seconds:5.2f} s speech)"
+        print(f"{heard}  score {score}  llr {llr}  {state.decision}", flush=True)
 
 
 def _clip_chunks(clip, chunk: int, realtime: bool):

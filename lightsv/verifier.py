@@ -349,14 +349,24 @@ class Verifier:
         return self.duration is not None and self.threshold_override is None and self._cohort is None
 
     def stream(
-        self, name: str, *, max_seconds: float = 6.0, error=0.05, enrolled_seconds: float | None = None, config=None
+        self,
+        name: str,
+        *,
+        max_seconds: float = 6.0,
+        error=0.05,
+        enrolled_seconds: float | None = None,
+        config=None,
+        vad=None,
     ):
         """A :class:`lightsv.streaming.StreamSession` verifying ``name`` on audio fed as it comes.
 
         ``error``: the miss and false-accept rates asked of the sequential test, one number for both or
-        ``(miss, false_accept)``; ``max_seconds``: the decision is forced after this much audio. Needs
-        the model's duration-aware calibration (ThresholdError otherwise); streams are scored raw (no
-        speech trimming, no cohort): what is fed is what counts.
+        ``(miss, false_accept)``; ``max_seconds``: the decision is forced after this much audio heard.
+        Needs the model's duration-aware calibration (ThresholdError otherwise). ``vad`` (default: the
+        verifier's, as for clips): only the stream's speech, found as it comes
+        (:class:`lightsv.speech.SpeechGate`), is embedded (a :class:`lightsv.speech.SpeechConfig`: with
+        those detector settings); a stream without speech cannot be decided (AudioError "no speech
+        found", as for a clip). Streams are scored without a cohort.
         """
         from lightsv.streaming import StreamSession
 
@@ -375,6 +385,7 @@ class Verifier:
             max_seconds=max_seconds,
             error=error,
             config=config,
+            vad=self.vad if vad is None else vad if isinstance(vad, speech.SpeechConfig) else bool(vad),
         )
 
     def identify(self, clip, *, top_k: int = 5, sample_rate: int | None = None) -> Identification:

@@ -29,7 +29,7 @@ class FakeEmbed:
 def session(embed=None, llr=lambda s, t: 0.0, **kw):
     enrolled = np.zeros(DIM, np.float32)
     enrolled[4] = 1.0
-    kw = {"min_seconds": 0.25, "max_seconds": 60.0, "error": 0.1, **kw}
+    kw = {"min_seconds": 0.25, "max_seconds": 60.0, "error": 0.1, "vad": False, **kw}
     return StreamSession("alice", enrolled, embed or FakeEmbed(), llr, **kw)
 
 
@@ -132,6 +132,114 @@ def test_bad_input_is_a_clear_error():
         StreamConfig(hop_seconds=0.3)
 
 
+# ---------------------------------------------------------------------- speech-aware streams
+
+
+def quiet(seconds, seed=1):
+    """Faint room noise (-60 dB): audible, but no speech."""
+    return (0.001 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def talk(seconds, seed=2):
+    """'Speech' as the energy detector sees it: loud 0.2 s bursts with 0.1 s faint pauses between."""
+    wav = quiet(seconds, seed)
+    loud = noise(seconds, seed + 1) * 3.0
+    t = np.arange(len(wav)) / SR
+    on = (t % 0.3) < 0.2
+    wav[on] = loud[on]
+    return wav
+
+
+def gate_run(wav, sizes):
+    from lightsv.speech import SpeechGate
+
+    gate, out, pos, i, held = SpeechGate(), [], 0, 0, 0
+    while pos < len(wav):
+        n = sizes[i % len(sizes)]
+        out.append(gate.push(wav[pos : pos + n]))
+        held = max(held, sum(len(h) for h in gate._held))
+        pos, i = pos + n, i + 1
+    out.append(gate.flush())
+    return gate, np.concatenate(out), held
+
+
+def test_speech_gate_keeps_what_offline_trimming_keeps_in_bounded_memory_whatever_the_chunks():
+    from lightsv import speech
+
+    wav = np.concatenate([quiet(2.0), talk(1.5), quiet(0.6, 3), talk(1.0, 4), quiet(3.0, 5), talk(0.8, 6), quiet(1.0)])
+    offline = speech.trim(wav)
+    runs = [gate_run(wav, sizes) for sizes in ([160], [len(wav)], [1, 4000, 37, 16000, 999])]
+    for gate, kept, held in runs:
+        np.testing.assert_array_equal(kept, runs[0][1])
+        assert (gate.heard, gate.admitted, gate.speech) == (len(wav), len(kept), runs[0][0].speech)
+        # bounded: at most a leading margin + a bridgeable gap + a span too short to count is held back
+        cfg = speech.SpeechConfig()
+        assert held <= (cfg.margin_s + cfg.bridge_gap_s + cfg.min_span_s + 0.02) * SR
+    gate, kept, _ = runs[0]
+    # the same speech with the same margins: the causal floor and peak only lag at the very first onset
+    assert abs(len(kept) - len(offline)) <= 0.05 * SR
+    assert len(kept) < len(wav) - 3.0 * SR  # the 2 s lead-in and the 3 s pause are mostly dropped
+    assert gate.speech_seconds == pytest.approx(speech.speech_seconds(wav), abs=0.05)
+
+
+def test_speech_gate_passes_nothing_of_silence_or_steady_noise():
+    for wav in (np.zeros(5 * SR, np.float32), quiet(5.0), noise(5.0)):
+        gate, kept, held = gate_run(wav, [160])
+        assert kept.size == 0 and gate.speech == gate.speech_seconds == 0
+        assert held <= 0.5 * SR  # only a leading margin's worth waits for an onset
+
+
+def test_a_stream_stays_undecided_through_leading_silence_and_embeds_only_speech():
+    embed, seen = FakeEmbed(), []
+    s = session(embed, llr=lambda score, t: seen.append(t) or 0.0, vad=True)
+    lead = quiet(2.0)
+    states = feed(s, lead, [160])
+    assert all(not st.decided and st.score is None and st.llr is None for st in states)
+    assert s.updates == 0 and states[-1].speech_seconds == 0 and states[-1].seconds == pytest.approx(2.0)
+    states = feed(s, talk(2.0), [160])
+    assert s.updates > 0 and states[-1].speech_seconds > 1.5
+    last = states[-1]
+    assert last.seconds == pytest.approx(4.0) and last.embedded_seconds < 3.0  # at most 0.5 s of the lead-in
+    assert seen[-1] == last.embedded_seconds  # the LLR's duration is what was embedded, not what was heard
+    assert max(embed.lengths) <= 2.6 * SR
+    # the same through a session without the gate: the silence is embedded and counted
+    s = session(FakeEmbed(), vad=False)
+    feed(s, np.concatenate([lead, talk(2.0)]), [160])
+    assert s.updates == 16 and s.state.embedded_seconds == s.state.speech_seconds == pytest.approx(4.0)
+
+
+def test_speech_aware_streams_do_not_depend_on_the_chunk_size():
+    wav = np.concatenate([quiet(1.3), talk(2.2), quiet(1.7, 3), talk(1.4, 4), quiet(0.4)])
+    runs = []
+    for sizes in ([160], [len(wav)], [1, 4000, 37, 16000, 999], [2400]):
+        s = session(llr=lambda score, t: 3.0 * t - 3.0, error=0.05, vad=True)
+        feed(s, wav, sizes)
+        runs.append((s.updates, s.state))
+    for updates, state in runs[1:]:
+        assert updates == runs[0][0]
+        assert state == runs[0][1] and state.decision == "accept" and state.reason == "accept bound"
+
+
+def test_a_stream_without_speech_cannot_be_decided_as_a_clip_without_speech_cannot():
+    from lightsv import speech
+
+    with pytest.raises(AudioError, match="no speech found"):  # offline: the same clip is refused
+        speech.trim(quiet(3.0))
+    s = session(vad=True)
+    state = feed(s, quiet(3.0), [160])[-1]
+    assert not state.decided and state.seconds == pytest.approx(3.0) and state.speech_seconds == 0
+    with pytest.raises(AudioError, match="no speech found in 3.00 s"):
+        s.close()
+    s = session(vad=True, max_seconds=2.0)
+    with pytest.raises(AudioError, match="no speech found in 2.00 s"):
+        feed(s, quiet(3.0), [800])
+    # a blip of speech shorter than the model's minimum (with its margins) is not enough either
+    s = session(vad=True, min_seconds=2.0)
+    feed(s, np.concatenate([quiet(2.0), talk(0.2), quiet(2.0, 3)]), [160])
+    with pytest.raises(AudioError, match="less than the model's minimum"):
+        s.close()
+
+
 # ---------------------------------------------------------------------- the shipped model
 
 
@@ -184,6 +292,29 @@ def test_stream_on_torch_and_onnx_agree_and_match_the_embedding_of_what_was_hear
     assert runs["torch"][-1].decision == runs["onnx"][-1].decision
 
 
+def test_speech_aware_stream_on_torch_and_onnx_waits_for_speech_and_embeds_only_it(verifiers):
+    from lightsv.speech import SpeechGate
+
+    (vs, clips) = verifiers
+    wav = np.concatenate([quiet(2.0), load(clips["ls19"][2])])
+    runs = {}
+    for backend, v in vs.items():  # the fixture's verifiers are vad=False: the stream's own switch wins
+        s = v.stream("ls19", error=0.01, max_seconds=6.0, vad=True)
+        states = [st for st in feed(s, wav, [160]) if st.score is not None]
+        runs[backend] = states
+        first = states[0]
+        assert first.seconds > 2.0 and first.speech_seconds < first.seconds - 1.5  # nothing scored in the lead-in
+        last = s.state
+        assert last.speech_seconds < last.embedded_seconds < last.seconds
+        if last.embedded_seconds <= 3.5:  # within the first block: exactly the embedding of the speech kept
+            heard = int(round(last.seconds * SR))
+            kept = SpeechGate().push(wav[:heard])[: int(round(last.embedded_seconds * SR))]
+            expected = float(v.embed(kept, sample_rate=SR) @ v.speaker_embedding("ls19"))
+            assert last.score == pytest.approx(expected, abs=1e-4)
+    np.testing.assert_allclose([st.score for st in runs["torch"]], [st.score for st in runs["onnx"]], atol=2e-3)
+    assert [st.seconds for st in runs["torch"]] == [st.seconds for st in runs["onnx"]]
+
+
 def test_cli_verify_stream_prints_the_running_state(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from lightsv.cli import main
@@ -196,7 +327,15 @@ def test_cli_verify_stream_prints_the_running_state(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", *common, "--stream", "--chunk-seconds", "0.25", "ls19", str(clips["ls19"][2])]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) >= 2 and " s  score " in out[0] and out[-1].startswith("ls19: ")
+    assert len(out) >= 2 and " s speech)  score " in out[0] and out[-1].startswith("ls19: ")
+    # --no-vad: every second heard is embedded and counted as speech
+    assert out[0].startswith("  0.25 s ( 0.25 s speech)") and " s, " in out[-1] and " s of speech (" in out[-1]
+    speech_aware = ["--db", db, "--backend", "onnx", "--stream", "--json", "ls19", str(clips["ls19"][2])]
+    assert main(["verify", *speech_aware]) == 0
+    import json
+
+    states = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert states[-1]["decision"] in ("accept", "reject") and states[-1]["speech_seconds"] < states[-1]["seconds"]
     assert main(["verify", *common, "ls19", str(clips["ls19"][2])]) == 0
     assert ", llr " in capsys.readouterr().out  # the plain verify reports the duration-aware LLR too
     assert main(["verify", *common, "--stream", "--mic", "ls19", str(clips["ls19"][2])]) == 2

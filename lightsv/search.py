@@ -10,10 +10,10 @@ SIMD ("fast scan", 4-bit codes, 32 bytes per speaker), and the ``candidates`` be
 re-scored exactly against the means, so the scores returned are exact cosines and only the recall
 is approximate. Why this index and not a graph (HNSW) or inverted lists (IVF): on random 256-dim
 unit vectors, the worst case for any index, at 100k speakers faiss's HNSW (M=32) found the exact best
-for 89 % of queries at efSearch 256 (3.1 ms) and needed efSearch 1024 (23 ms) for 99.5 %, IVF-PQ
-found it for 63 % at nprobe 64, and PQ fast scan with re-scoring for all of them in 1.3 ms
-(``benchmarks/results/scale.md``). Its cost is a scan of every code, linear in the speakers: 29 ms
-at 1M on the shared benchmark machine.
+for 89 % of queries at efSearch 256 (2.0 ms) and needed efSearch 1024 (7.7 ms) for 99.5 %, IVF-PQ
+found it for 63 % at nprobe 64, and PQ fast scan with re-scoring for all of them in 0.46 ms
+(``benchmarks/results/scale.md``). Its cost is a scan of every code, linear in the speakers: 5.6 ms
+at 1M on one thread of the benchmark machine.
 
 The index follows the store: every enrollment and deletion is logged in the store's ``changes``
 table, and before each search the index replays the changes since the generation it was built at

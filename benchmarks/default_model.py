@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lightsv
 from lightsv import metrics
+from lightsv.audio import central_crop
 from lightsv.data import read_trials
 from lightsv.evaluation import families
 from lightsv.plots import det_plot
@@ -103,12 +104,6 @@ class LightsvOnnx:
         return self.session.run(None, {"wav": wav[None], "lengths": np.array([len(wav)])})[0]
 
 
-def centre(wav: np.ndarray, seconds: float) -> np.ndarray:
-    n = int(round(seconds * 16000))
-    start = max(0, (len(wav) - n) // 2)
-    return wav[start : start + n]
-
-
 def embeddings(system, clips: list) -> np.ndarray:
     emb = system.embed_many(clips)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -132,7 +127,7 @@ def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int)
     tests = sorted({t.test for t in trials})
     audio = {f: lightsv.audio.load(root / f) for f in tests}
     for seconds in SEGMENTS:
-        cut = dict(zip(tests, embeddings(system, [centre(audio[f], seconds) for f in tests]), strict=True))
+        cut = dict(zip(tests, embeddings(system, [central_crop(audio[f], seconds) for f in tests]), strict=True))
         cut_scores = np.array([float(emb[t.enroll] @ cut[t.test]) for t in trials])
         result["segments"][str(seconds)] = metrics.summary(cut_scores, labels, bootstrap=bootstrap)
     return result, scores

@@ -94,6 +94,16 @@ def waveform_macs(model: torch.nn.Module, wav: np.ndarray) -> tuple[int, int]:
     return front // 2, (counter.get_total_flops() - front) // 2
 
 
+def onnx_nodes(path: Path) -> int:
+    """Operators in an ONNX file, not counting the Casts that widen its float16-stored weights
+    (onnxruntime folds those when it loads the file)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    weights = {i.name for i in graph.initializer}
+    return sum(not (n.op_type == "Cast" and n.input[0] in weights) for n in graph.node)
+
+
 def ort_session(path: Path):
     return OnnxModel(path, threads=1)
 
@@ -190,8 +200,10 @@ def main(argv=None) -> int:
 
     timed: list = []  # (row, fn): timed together at the end, round-robin, so load changes hit all alike
 
-    def add(system: str, fn, size: int | None = None, macs: int | None = None) -> None:
+    def add(system: str, fn, size: int | None = None, macs: int | None = None, onnx: Path | None = None) -> None:
         row: dict = {"system": system, "size_bytes": size}
+        if onnx is not None:
+            row["onnx_nodes"] = onnx_nodes(onnx)
         if macs:
             row["macs_per_clip"] = macs
             row["mac_limit_ms"] = 1000 * macs / sgemm
@@ -215,6 +227,7 @@ def main(argv=None) -> int:
                 lambda m=m: m.embed([clip]),
                 path.stat().st_size,
                 front_macs + model_macs,
+                path,
             )
         steps.update()
         fft = export_checkpoint(None, tmp / "fft.onnx", config=ExportConfig(frontend="fft"))
@@ -224,6 +237,7 @@ def main(argv=None) -> int:
             lambda: fft_model.embed([clip]),
             fft.stat().st_size,
             model_macs,
+            fft,
         )
         steps.update()
         for system, fn, size in sherpa_row(tmp, clip):
@@ -243,6 +257,7 @@ def main(argv=None) -> int:
                     lambda m=m: m.embed([clip]),
                     path.stat().st_size,
                     f + mm,
+                    path,
                 )
         steps.update()
         for system, fn in peer_rows(clip):
@@ -353,16 +368,18 @@ def markdown(rows: list[dict], cold: list[dict], load_rows: list[dict], meta: di
         f"MAC limit: multiply-adds at the single-core sgemm rate measured here "
         f"({meta['sgemm_gmacs_per_s']:.1f} G MACs/s); default model: "
         f"{meta['default_front_end_macs'] / 1e6:.1f} M MACs front-end + "
-        f"{meta['default_model_macs'] / 1e6:.1f} M model.",
+        f"{meta['default_model_macs'] / 1e6:.1f} M model. ONNX nodes: operators in the file, not counting "
+        "the Casts of its float16-stored weights (folded when onnxruntime loads it).",
         "",
-        "| system | latency ms | RTF | file bytes | x MAC limit | x slower than default ORT fp32 |",
-        "|---|---|---|---|---|---|",
+        "| system | latency ms | RTF | file bytes | ONNX nodes | x MAC limit | x slower than default ORT fp32 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = f"{r['size_bytes']:,}" if r.get("size_bytes") else "-"
+        nodes = str(r["onnx_nodes"]) if r.get("onnx_nodes") else "-"
         limit = f"{r['x_mac_limit']:.1f}" if r.get("x_mac_limit") else "-"
         lines.append(
-            f"| {r['system']} | {r['latency_ms']:.2f} | {r['rtf']:.4f} | {size} | {limit} | "
+            f"| {r['system']} | {r['latency_ms']:.2f} | {r['rtf']:.4f} | {size} | {nodes} | {limit} | "
             f"{r['latency_ms'] / ort:.2f} |"
         )
     lines += [

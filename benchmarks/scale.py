@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--alternatives-at", type=int, default=100_000, help="size at which HNSW and IVF are measured")
     args = parser.parse_args()
     rows = []
+    args.load_at_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
             rows.append(run(size, Path(tmp), compare=size == args.alternatives_at))
@@ -193,7 +194,8 @@ def write(rows: list[dict], args) -> None:
         + " ".join(map(str, args.sizes))
         + f" --alternatives-at {args.alternatives_at}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with a training run and other developers",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {args.load_at_start:.1f} at the start "
+        f"and {os.getloadavg()[0]:.1f} at the end",
         "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "ann_min": search.ANN_MIN,
         "candidates": search.CANDIDATES,

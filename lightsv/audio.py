@@ -43,6 +43,15 @@ _CORRUPT = "corrupt or truncated audio header"
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 
+def central_crop(wav: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The central `seconds` of `wav` (the whole of a shorter clip): how test segments are cut."""
+    n = int(round(seconds * sample_rate))
+    if len(wav) <= n:
+        return wav
+    start = (len(wav) - n) // 2
+    return wav[start : start + n]
+
+
 def info(path: str | os.PathLike) -> sf._SoundFileInfo:
     """soundfile's header information for ``path``, with every failure turned into an AudioError."""
     name = _path_name(path)

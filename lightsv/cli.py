@@ -117,6 +117,12 @@ def _add_decision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exit-code", action="store_true", help="exit 1 on reject (0 on accept), for shell scripts that gate on it"
     )
+    parser.add_argument(
+        "--cohort",
+        metavar="FILE",
+        help="score with AS-norm against a cohort file and decide on its calibrated thresholds; "
+        "'default': the cohort shipped for the shipped model",
+    )
 
 
 def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
@@ -128,7 +134,7 @@ def _add_db(parser: argparse.ArgumentParser, json_help: str) -> None:
 def _verifier(args: argparse.Namespace, db=None):
     from lightsv.verifier import Verifier
 
-    return Verifier.load(
+    v = Verifier.load(
         args.model,
         db=db,
         vad=getattr(args, "vad", True),
@@ -137,6 +143,16 @@ def _verifier(args: argparse.Namespace, db=None):
         backend=getattr(args, "backend", "auto"),
         threads=getattr(args, "threads", None),
     )
+    if getattr(args, "cohort", None):
+        if args.cohort != "default" and not args.cohort.endswith(".npz"):
+            v.close()
+            raise ConfigError(f"--cohort {args.cohort}: give a cohort file (.npz) or 'default'")
+        try:
+            v.set_cohort(args.cohort)
+        except BaseException:
+            v.close()
+            raise
+    return v
 
 
 def _writable(*paths: str | None) -> None:
@@ -263,6 +279,8 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.stream and args.cohort:
+        raise ConfigError("--cohort does not apply to --stream: streams decide on the duration-calibrated raw score")
     if args.stream:
         from lightsv.streaming import run_stream_command
 

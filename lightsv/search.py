@@ -10,10 +10,10 @@ SIMD ("fast scan", 4-bit codes, 32 bytes per speaker), and the ``candidates`` be
 re-scored exactly against the means, so the scores returned are exact cosines and only the recall
 is approximate. Why this index and not a graph (HNSW) or inverted lists (IVF): on random 256-dim
 unit vectors, the worst case for any index, at 100k speakers faiss's HNSW (M=32) found the exact best
-for 89 % of queries at efSearch 256 (3.1 ms) and needed efSearch 1024 (23 ms) for 99.5 %, IVF-PQ
-found it for 63 % at nprobe 64, and PQ fast scan with re-scoring for all of them in 1.3 ms
-(``benchmarks/results/scale.md``). Its cost is a scan of every code, linear in the speakers: 29 ms
-at 1M on the shared benchmark machine.
+for 89 % of queries at efSearch 256 (2.0 ms) and needed efSearch 1024 (7.7 ms) for 99.5 %, IVF-PQ
+found it for 63 % at nprobe 64, and PQ fast scan with re-scoring for all of them in 0.46 ms
+(``benchmarks/results/scale.md``). Its cost is a scan of every code, linear in the speakers: 5.6 ms
+at 1M on one thread of the benchmark machine.
 
 The index follows the store: every enrollment and deletion is logged in the store's ``changes``
 table, and before each search the index replays the changes since the generation it was built at
@@ -69,7 +69,7 @@ class SpeakerIndex:
         self.ids = np.zeros(0, dtype=np.int64)
         self.names: list[str] = []
         self._rows = np.zeros((0, store.dim), dtype=np.float32)  # capacity grows by doubling
-        self.row_of: dict[int, int] = {}
+        self._row_by_id = np.zeros(0, dtype=np.int64)  # speaker id -> row of `matrix`, -1 for none
         self._ann: Any = None  # a faiss index; faiss is optional, so untyped here
         self._ann_ids = np.zeros(0, dtype=np.int64)  # faiss label -> speaker id, -1 once out of date
         self._stale = 0
@@ -89,6 +89,11 @@ class SpeakerIndex:
     def uses_ann(self) -> bool:
         return self._ann is not None
 
+    def row_of(self, speaker: int) -> int | None:
+        """The row of ``matrix`` holding a speaker's mean, None when the speaker is not (or no longer) there."""
+        row = int(self._row_by_id[speaker]) if 0 <= speaker < len(self._row_by_id) else -1
+        return None if row < 0 else row
+
     def sync(self) -> None:
         """Catch up with the store: load it on first use, then replay changes since the last sync."""
         if self.generation < 0:
@@ -106,14 +111,15 @@ class SpeakerIndex:
         self.generation = self.store.generation
         ids, names, matrix = self.store.means()
         self.ids, self.names, self._rows = ids, names, matrix
-        self.row_of = {int(s): i for i, s in enumerate(ids)}
+        self._row_by_id = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+        self._row_by_id[ids] = np.arange(len(ids))
         if len(names) >= self.ann_min and faiss_available():
             if not self._read_ann():
                 self._build_ann()
                 self._write_ann()
 
     def _apply(self, speaker: int, name: str | None, mean: np.ndarray | None) -> None:
-        row = self.row_of.get(speaker)
+        row = self.row_of(speaker)
         if row is not None:
             self._retire(speaker)
         if name is None or mean is None:  # deleted: move the last row into its place
@@ -121,8 +127,8 @@ class SpeakerIndex:
                 last = len(self.names) - 1
                 if row != last:
                     self.ids[row], self.names[row], self._rows[row] = self.ids[last], self.names[last], self._rows[last]
-                    self.row_of[int(self.ids[row])] = row
-                del self.row_of[speaker]
+                    self._row_by_id[self.ids[row]] = row
+                self._row_by_id[speaker] = -1
                 self.ids = self.ids[:last]
                 self.names.pop()
             return
@@ -135,7 +141,11 @@ class SpeakerIndex:
             self.ids = np.append(self.ids, speaker)
             self.names.append(name)
             self._rows[row] = mean
-            self.row_of[speaker] = row
+            if speaker >= len(self._row_by_id):
+                ids = np.full(max(16, 2 * (speaker + 1)), -1, dtype=np.int64)
+                ids[: len(self._row_by_id)] = self._row_by_id
+                self._row_by_id = ids
+            self._row_by_id[speaker] = row
         else:
             self.names[row], self._rows[row] = name, mean
         if self._ann is not None:
@@ -171,7 +181,7 @@ class SpeakerIndex:
             return [(self.names[i], float(scores[i])) for i in top]
         _, labels = self._ann.search(query[None], max(self.candidates, 4 * k))
         speakers = self._ann_ids[labels[0][labels[0] >= 0]]
-        rows = np.unique([self.row_of[int(s)] for s in speakers if s >= 0])
+        rows = np.unique(self._row_by_id[speakers[speakers >= 0]])  # one array lookup, not a Python loop
         scores = self.matrix[rows] @ query
         top = _top(scores, k)
         return [(self.names[rows[i]], float(scores[i])) for i in top]

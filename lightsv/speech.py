@@ -51,12 +51,14 @@ class SpeechConfig:
 
 
 def frame_energies_db(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> np.ndarray:
-    """Energy (dB re full scale) of each frame; a clip shorter than one frame is one frame."""
+    """Energy (dB re full scale) of each frame, its DC removed; a clip shorter than one frame is one frame."""
     frame, hop = int(config.frame_s * SAMPLE_RATE), int(config.hop_s * SAMPLE_RATE)
     if len(wav) < frame:
         wav = np.pad(wav, (0, frame - len(wav)))
     frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop]
-    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+    # The variance, not the mean square: a recording's DC offset (one LibriSpeech training clip sits at
+    # -0.25) would otherwise be the loudest, steadiest "sound" in it and hide the speech.
+    power = np.var(frames, axis=1, dtype=np.float64)
     return 10.0 * np.log10(power + 1e-12)
 
 

@@ -147,22 +147,47 @@ class PartitionFusion(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         batch, channels, *rest = x.shape
+        return [p.reshape(batch, -1, *rest) for p in self._fuse(x, mask, joined=False).unbind(1)]
+
+    def joined(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused subsets side by side in one tensor shaped like `x` (what `forward`'s list would give
+        concatenated), without splitting it: the input of a fused wide block (lightsv.edge.fuse)."""
+        return self._fuse(x, mask, joined=True).reshape(x.shape)
+
+    def _fuse(self, x: torch.Tensor, mask: torch.Tensor | None, joined: bool) -> torch.Tensor:
+        batch, channels, *rest = x.shape
         flat = x.reshape(batch, channels, -1)
         valid = torch.ones_like(flat[:, :1]) if mask is None else mask.expand(batch, 1, *rest).reshape(batch, 1, -1)
-        parts = torch.stack(flat.chunk(self.subsets, dim=1), dim=1)  # [B, K, C/K, L]
+        if joined:  # the same values as the stack below, as a view: no copy, no per-subset ops in an export
+            parts = flat.unflatten(1, (self.subsets, -1))
+        else:
+            parts = torch.stack(flat.chunk(self.subsets, dim=1), dim=1)  # [B, K, C/K, L]
         fused = parts + FUSIONS[self.fusion](self, parts, valid)  # [B, K or 1, C/K, L]
-        return [p.reshape(batch, -1, *rest) for p in (fused * valid.unsqueeze(1)).unbind(1)]
+        return fused * valid.unsqueeze(1)
+
+    #: Take the cross-subset mean as a matrix product (the same values) instead of a reduction over the
+    #: subset axis, which onnxruntime runs about ten times slower. Set on the copy lightsv.edge.fuse
+    #: exports; training keeps the reduction.
+    mean_as_matmul = False
+
+    def _mean(self, parts: torch.Tensor, keepdim: bool) -> torch.Tensor:
+        if not self.mean_as_matmul:
+            return parts.mean(dim=1, keepdim=keepdim)
+        batch, k, *rest = parts.shape
+        weights = torch.full((1, k), 1.0 / k, dtype=parts.dtype, device=parts.device)
+        mean = torch.matmul(weights, parts.reshape(batch, k, -1)).reshape(batch, 1, *rest)
+        return mean if keepdim else mean.squeeze(1)
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(y))
 
     def _sum(self, parts, valid):
         # the subsets' mean carries what they share; every subset gets it added back
-        return self._project(parts.mean(dim=1)).unsqueeze(1)
+        return self._project(self._mean(parts, keepdim=False)).unsqueeze(1)
 
     def _concat(self, parts, valid):
         batch, k, width, length = parts.shape
-        joined = torch.cat([parts, parts.mean(dim=1, keepdim=True).expand_as(parts)], dim=2)
+        joined = torch.cat([parts, self._mean(parts, keepdim=True).expand_as(parts)], dim=2)
         return self._project(joined.reshape(batch * k, 2 * width, length)).reshape(parts.shape)
 
     def _pool(self, parts, valid):

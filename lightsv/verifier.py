@@ -137,6 +137,7 @@ class Verifier:
         self.dim = self.backend.dim
         self.model_id = self.backend.model_id
         self.calibration = extra.get("calibration")
+        self._operating_point = operating_point
         self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
         self.duration = _duration_calibration(self.calibration, source)
         self._llr_threshold = (
@@ -424,22 +425,38 @@ class Verifier:
         (m1, s1), (m2, s2) = self._cohort_stats(enrolled), self._cohort_stats(test)
         return 0.5 * ((raw - m1) / s1 + (raw - m2) / s2)
 
-    def set_cohort(self, cohort, *, top_n: int = TOP_N, sample_rate: int | None = None, batch_size: int = 16) -> None:
+    def set_cohort(
+        self, cohort, *, top_n: int | None = None, sample_rate: int | None = None, batch_size: int = 16
+    ) -> None:
         """Turn on adaptive s-norm (AS-norm) with ``cohort``; None turns it off.
 
-        ``cohort``: an embedding array [N, D] or a list of clips from speakers that will not be
-        verified (impostors). Each side of a trial is normalised by the mean and standard deviation
-        of its ``top_n`` highest cohort scores, and the two are averaged, so the score stays
-        symmetric. Normalised scores are on another scale than raw cosines: the threshold then comes
-        only from a calibration made with AS-norm (``calibration["score_norm"] == "asnorm"``) or from
-        ``threshold=``; otherwise ``threshold`` and ``accept`` are None.
+        ``cohort``: a cohort file (``.npz``, :mod:`lightsv.cohort`; ``"default"``: the one shipped for
+        the shipped model), an embedding array [N, D], or a list of clips from speakers that will not
+        be verified (impostors). Each side of a trial is normalised by the mean and standard deviation
+        of its ``top_n`` highest cohort scores (default: the file's, else 200), and the two are
+        averaged, so the score stays symmetric. Normalised scores are on another scale than raw
+        cosines: the threshold then comes from the cohort file's calibration, a checkpoint calibration
+        made with AS-norm (``calibration["score_norm"] == "asnorm"``) or ``threshold=``; without one,
+        decisions raise ThresholdError.
         """
+        # the checkpoint's own thresholds again, until a cohort file brings thresholds for its scores
+        self._calibrated = _calibrated_threshold(self.calibration, self._operating_point, None, self.source)
         if cohort is None:
             self._cohort = None
             return
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
             raise ConfigError(f"top_n must be an integer >= 2, got {top_n!r}")
-        if _is_embeddings(cohort, self.dim):
+        calibration = None
+        if isinstance(cohort, (str, os.PathLike)) and (str(cohort) == "default" or str(cohort).endswith(".npz")):
+            from lightsv import cohort as cohorts
+
+            saved = cohorts.read(cohort, self.model_id)
+            array, calibration, top_n = saved.embeddings, saved.calibration, top_n or saved.top_n
+            if array.shape[1] != self.dim:
+                raise CheckpointError(f"{cohort}: {array.shape[1]}-dim cohort for a {self.dim}-dim model")
+            if calibration is not None and top_n != saved.top_n:
+                calibration = None  # its thresholds were measured with the file's top_n
+        elif _is_embeddings(cohort, self.dim):
             tensor = _tensor_type()
             array = (
                 cohort.detach().cpu().numpy()
@@ -456,7 +473,9 @@ class Verifier:
             array = self.embed_many(clips, sample_rate=sample_rate, batch_size=batch_size)
         if len(array) < 2:
             raise ConfigError(f"a cohort needs at least 2 members, got {len(array)}")
-        self._cohort, self.top_n = array, top_n
+        self._cohort, self.top_n = array, top_n or TOP_N
+        if calibration is not None:
+            self._calibrated = _calibrated_threshold(calibration, self._operating_point, None, f"{cohort}")
 
     @property
     def cohort_size(self) -> int:

@@ -111,3 +111,97 @@ def test_sherpa_onnx_runs_our_model_and_decides_like_verifier(sherpa_model):
         for clip in clips[2:]:
             for name in speakers:
                 assert manager.verify(name, theirs[clip], v.threshold) == v.verify(name, clip).accept
+
+
+def test_split_blocks_export_fused_into_grouped_convolutions(tmp_path, speech, monkeypatch):
+    """The K narrow copies of every split block run as one wide block in the export (lightsv.edge.fuse):
+    convolutions with K times the groups, a fraction of the nodes, the loop's embeddings."""
+    from lightsv.edge.fuse import FusedTransformed, fuse
+
+    torch.manual_seed(0)
+    model = lightsv.build_model("ecapa_tdnn", **tiny("ecapa_tdnn"))
+    lightsv.transform.apply(model, subsets=4)
+    model.eval()
+    graph = WaveformEmbedder(model).eval()
+    wav, lengths = torch.randn(2, 32000) * 0.1, torch.tensor([32000, 24000])
+    fused = fuse(graph, wav, lengths)
+    assert sum(isinstance(m, FusedTransformed) for m in fused.modules()) == 7  # layer1-4, mfa, pool, embed
+    assert not any(isinstance(m, FusedTransformed) for m in graph.modules())  # the model itself is untouched
+    with torch.no_grad():
+        assert torch.allclose(fused(wav, lengths), graph(wav, lengths), atol=1e-5, rtol=1e-5)
+
+    def ops(proto):
+        return [n for n in proto.graph.node if n.op_type != "Cast"]  # compact()'s float16 weight casts
+
+    path = export(model, tmp_path / "fused.onnx")
+    proto = onnx.load(path)
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in ops(proto) if n.op_type == "Conv"]
+    # per block: the fusion's projection (dense, or grouped by width / 32) and K copies of each conv as one
+    assert sum(g % 4 == 0 for g in groups) >= 15 and len(groups) <= 30, groups
+    monkeypatch.setattr("lightsv.edge.fuse.fuse", lambda graph, *probe: graph)  # the K-copy loop
+    baseline = onnx.load(export(model, tmp_path / "loop.onnx"))
+    assert len(ops(proto)) < 0.5 * len(ops(baseline)), (len(ops(proto)), len(ops(baseline)))
+    session = ort.InferenceSession(str(path))
+    for seconds in ([0.5], [0.5, 7.3, 20.0]):
+        w, n = batch(speech, seconds)
+        got = session.run(None, {"wav": w, "lengths": n})[0]
+        with torch.no_grad():
+            want = graph(torch.from_numpy(w), torch.from_numpy(n)).numpy()
+        assert np.abs(got - want).max() <= 1e-4
+
+
+class _Halves(torch.nn.Module):
+    """A block that slices its channels by indexing, which the fused form does not redirect."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(channels // 2, channels // 2, 3, padding=1)
+
+    def forward(self, x):
+        half = x.shape[1] // 2
+        return torch.cat([self.conv(x[:, :half]), x[:, half:]], dim=1)
+
+
+class _ChannelNorm(torch.nn.Module):
+    """Layer norm over the channels of [B, C, T]: per copy, a statistic over that copy's channels only."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class _Toy(torch.nn.Module):
+    transform_targets = ("a", "b", "c")
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv1d(16, 16, 3, padding=1), torch.nn.PReLU(), torch.nn.BatchNorm1d(16))
+        self.b = _Halves(16)
+        self.c = _ChannelNorm(16)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def test_fusion_keeps_the_loop_where_a_block_cannot_be_fused():
+    from lightsv.edge.fuse import FusedTransformed, fuse
+
+    torch.manual_seed(0)
+    model = lightsv.transform.apply(_Toy(), subsets=4, in_channels=16)
+    for m in model.modules():  # non-trivial slopes and statistics, so a wrong fusion would show
+        if isinstance(m, torch.nn.PReLU):
+            m.weight.data.uniform_(0.1, 0.9)
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(2, 16, 50)
+    fused = fuse(model, x)
+    assert isinstance(fused.a, FusedTransformed)  # conv, per-copy PReLU slopes, batch norm: fused
+    assert isinstance(fused.b, lightsv.transform.Transformed)  # channel indexing: differs, keeps its loop
+    assert isinstance(fused.c, lightsv.transform.Transformed)  # layer norm: no wide form
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), atol=1e-6)

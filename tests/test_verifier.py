@@ -133,6 +133,16 @@ def test_speech_is_trimmed_and_silence_refused(ckpt, clips):
         assert float(whole.embed(short, sample_rate=16000) @ whole.embed(long, sample_rate=16000)) < 0.999
 
 
+def test_a_dc_offset_does_not_hide_speech(clips):
+    # found on a LibriSpeech training clip recorded at -0.25 DC: its mean square was steady, so "no speech"
+    from lightsv import speech
+
+    wav = load(clips["ls19"][0])
+    silence = np.zeros(16000, dtype=np.float32)
+    padded = np.concatenate([silence, wav, silence])
+    assert speech.speech_spans(padded - 0.25) == speech.speech_spans(padded) != []
+
+
 def test_short_clips_are_repeated_to_half_a_second_down_to_the_minimum(tmp_path, clips):
     path = tiny_checkpoint(tmp_path / "short.pt", min_seconds=0.25)
     wav = load(clips["ls19"][0])[16000:20000]  # 0.25 s of speech

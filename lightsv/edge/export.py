@@ -9,7 +9,10 @@ Two layouts (``ExportConfig.format``):
   :mod:`lightsv.edge.sherpa`).
 
 The graph comes from torch's current exporter (``torch.onnx.export(..., dynamo=True)``), opset 18,
-with everything a runtime needs in ``metadata_props`` (:func:`metadata`).
+with everything a runtime needs in ``metadata_props`` (:func:`metadata`). The K narrow copies of each
+split transformation-module block are traced as one wide block of grouped convolutions
+(:mod:`lightsv.edge.fuse`; K times fewer operators, the same embeddings), except in recurrent models,
+which go through the TorchScript exporter with the loop.
 """
 
 from __future__ import annotations
@@ -157,6 +160,10 @@ def export(
             raise ConfigError("int8 export needs calibration clips")
         proto = quantize(proto, calibration_wavs, features=features, feature_inputs=inputs)
         quantization = "int8"
+        # the weights left in float (convolutions int8 would not speed up) are stored as float16 too;
+        # quantisation parameters stay initializers, where onnxruntime's int8 fusions look for them
+        quant = {i for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input}
+        proto = compact(proto, skip=quant)
     else:
         proto = compact(proto)
     props = metadata(model, extra, features=features, quantization=quantization)
@@ -183,12 +190,16 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, out: str | os.PathLi
 
 
 def _trace_waveform(graph: nn.Module, opset: int):
+    from lightsv.edge.fuse import fuse
+
+    wav, lengths = torch.randn(2, 32000) * 0.1, torch.tensor([32000, 24000])
     if any(isinstance(m, nn.RNNBase) for m in graph.modules()):
-        return _torchscript_export(graph, opset)
+        # The TorchScript tracer records the fused blocks' reshapes with the trace's sizes; these models
+        # keep the transformation module's loop.
+        return _torchscript_export(graph, opset, wav, lengths)
+    graph = fuse(graph, wav, lengths)  # rows of different lengths: the probe sees padding and masks
     batch = torch.export.Dim("batch", min=1, max=4096)
     samples = torch.export.Dim("samples", min=_MIN_TRACE_SAMPLES, max=_MAX_SAMPLES)
-    wav = torch.randn(2, 32000) * 0.1
-    lengths = torch.tensor([32000, 24000])
     return _dynamo_export(
         graph,
         (wav, lengths),
@@ -233,13 +244,12 @@ def _dynamo_export(graph: nn.Module, args: tuple, *, input_names: list[str], dyn
     return proto
 
 
-def _torchscript_export(graph: nn.Module, opset: int):
+def _torchscript_export(graph: nn.Module, opset: int, wav: torch.Tensor, lengths: torch.Tensor):
     """Recurrent models (AMCRN's GRUs) go through the TorchScript exporter: the dynamo exporter
     decomposes nn.GRU into a Python loop over time steps, which cannot take a dynamic length
     (torch 2.13 fails with "Failed to decompose the FX graph"); TorchScript maps it to ONNX's GRU."""
     import onnx
 
-    wav, lengths = torch.randn(2, 32000) * 0.1, torch.tensor([32000, 24000])
     buffer = io.BytesIO()
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -267,8 +277,10 @@ def clean(proto):
     return proto
 
 
-def compact(proto):
+def compact(proto, skip: set[str] | frozenset[str] = frozenset()):
     """Store float32 weights that float16 holds exactly as float16 plus a Cast; lossless, about half the size.
+
+    `skip`: initializers to keep as they are (an int8 graph's quantisation parameters).
 
     The shipped checkpoint keeps its weights in float16, so all of them qualify; onnxruntime folds
     the Casts once when it loads the model, so inference still runs in float32 at the same speed.
@@ -280,7 +292,8 @@ def compact(proto):
     for init in proto.graph.initializer:
         array = numpy_helper.to_array(init)
         if (
-            array.dtype == np.float32
+            init.name not in skip
+            and array.dtype == np.float32
             and array.size >= 16
             and np.array_equal(array.astype(np.float16).astype(np.float32), array)
         ):

@@ -1,8 +1,16 @@
 """Static int8 quantisation (QDQ, per-channel weights) of an exported waveform graph with onnxruntime.quantization.
 
 The filterbank stays in float32: its DFT works on raw 16-bit audio over a 90 dB range, which 8 bits
-cannot hold. Everything after it (convolutions, matmuls, their activations) is quantised, with
-activation ranges measured on calibration clips run through the float model.
+cannot hold. After it, the convolutions and weight matmuls that int8 can speed up are quantised,
+with activation ranges measured on calibration clips run through the float model. Left in float32:
+
+- convolutions with a shallow reduction (under MIN_DEPTH inputs per output: channels per group x
+  kernel size). On the shipped model in onnxruntime's profiler (1 thread, a CPU with AVX512-VNNI),
+  QLinearConv beat the float convolution only on the deep ones (the attentive pooling's first layer,
+  288 deep, by about 3.5x; the 96-192-deep ones by about 1.2x) and was up to 2x slower on the
+  16-32-deep convolutions of the narrow blocks, before the QuantizeLinear, DequantizeLinear and
+  layout Transposes around it;
+- matmuls of two activations (the fused transformation module's subset mean): no weights to shrink.
 """
 
 from __future__ import annotations
@@ -43,6 +51,30 @@ def frontend_nodes(proto) -> list[str]:
     return [n.name for n in proto.graph.node if consts.intersection(n.input)]
 
 
+def activation_products(graph) -> list[str]:
+    """Names of the matmuls whose right-hand side is an activation, not weights (the subsets' mean of a
+    fused transformation module, lightsv.edge.fuse: a 1 x K constant times the activations):
+    quantising them saves no weight bytes and wraps a full activation tensor in a QuantizeLinear /
+    DequantizeLinear pair that costs more than the product itself."""
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in OP_TYPES and n.input[1] not in consts]
+
+
+#: Convolutions that reduce over fewer inputs per output (input channels per group x kernel size) stay
+#: float32: onnxruntime's QLinearConv only beats the float convolution with a deeper reduction.
+MIN_DEPTH = 64
+
+
+def shallow_convolutions(graph) -> list[str]:
+    """Names of the convolutions with a reduction depth under MIN_DEPTH."""
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "Conv" and n.input[1] in shapes and int(np.prod(shapes[n.input[1]][1:])) < MIN_DEPTH
+    ]
+
+
 def quantize(proto, wavs: Iterable[np.ndarray], *, features: FbankConfig, feature_inputs=None):
     """The int8 QDQ version of the float waveform graph ``proto`` (an onnx.ModelProto)."""
     import onnx
@@ -63,7 +95,9 @@ def quantize(proto, wavs: Iterable[np.ndarray], *, features: FbankConfig, featur
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantise the graph as exported if it fails
             pre = src
-        names = {n.name for n in onnx.load(pre).graph.node}
+        graph = onnx.load(pre).graph
+        names = {n.name for n in graph.node}
+        exclude += activation_products(graph) + shallow_convolutions(graph)
         quantize_static(
             str(pre),
             str(out),

@@ -57,6 +57,7 @@ class FeatureEmbedder(nn.Module):
 
 def sherpa_graph(model: nn.Module, features: FbankConfig, opset: int):
     from lightsv.edge.export import ExportError, _dynamo_export
+    from lightsv.edge.fuse import fuse
 
     if features.style != "kaldi":
         # no fixed matrix maps Kaldi's log-mels onto another toolkit's (window, framing, dB clipping)
@@ -69,7 +70,7 @@ def sherpa_graph(model: nn.Module, features: FbankConfig, opset: int):
     frames = torch.export.Dim("frames", min=2, max=60001)
     x = torch.randn(2, 200, features.n_mels)
     proto = _dynamo_export(
-        FeatureEmbedder(model, features).eval(),
+        fuse(FeatureEmbedder(model, features).eval(), x),
         (x,),
         input_names=["x"],
         dynamic_shapes={"x": {0: batch, 1: frames}},

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from lightsv.audio import SAMPLE_RATE
+from lightsv.audio import SAMPLE_RATE, central_crop
 
 CODECS = {"flac": ("FLAC", "PCM_16"), "opus": ("OGG", "OPUS"), "mp3": ("MP3", "MPEG_LAYER_III")}
 
@@ -51,14 +51,6 @@ def resample_round_trip(wav: np.ndarray, rate: int, sample_rate: int = SAMPLE_RA
     g = math.gcd(rate, sample_rate)
     down = resample_poly(wav, rate // g, sample_rate // g)
     return resample_poly(down, sample_rate // g, rate // g)[: len(wav)].astype(np.float32)
-
-
-def central_crop(wav: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    n = int(seconds * sample_rate)
-    if len(wav) <= n:
-        return wav
-    start = (len(wav) - n) // 2
-    return wav[start : start + n]
 
 
 # The invariance check: name -> transform of a 16 kHz clip. Crop length 2 s: the shortest dev clips

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # VoxCeleb-layout speaker-verification recipe, stage-gated like WeSpeaker:
-#   1 data lists + teacher cache, 2 train, 3 large-margin fine-tune, 4 evaluate + DET plot, 5 export.
+#   1 data lists + teacher cache, 2 train, 3 large-margin fine-tune, 4 evaluate + DET plot, 5 export,
+#   6 AS-norm cohort.
 # Usage: bash run.sh [--stage N] [--stop_stage M] [--config conf/x.yaml] [--exp DIR] [--nproc P] [--dest FILE]
 set -euo pipefail
 cd "$(dirname "$0")"
 
 stage=1
-stop_stage=5
+stop_stage=6
 config=conf/default.yaml
 shared=../../../shared/data              # speech/ and spoof/ corpora
 datadir=../../exp/voxceleb/data          # lists the configs read (../../exp is git-ignored)
 exp=                                     # default: ../../exp/voxceleb/<config name>
 nproc=1                                  # processes (torchrun) for training and evaluation
 dest=                                    # stage 5 copies the selected model here too
-trials=$shared/speech/trials_dev.txt     # stage 5 calibrates the decision thresholds on these trials
+trials=$shared/speech/trials_dev.txt     # stages 5 and 6 calibrate the decision thresholds on these trials
 min_seconds=0.5                          # stage 5: shortest clip the exported model accepts
 trials_root=$shared/speech/wav
 overrides=()                             # --set key=value, passed to every lightsv.trainer call
@@ -69,4 +70,11 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
       --json --plot "$exp/final_det.png" > "$exp/final_score.json"
   cat "$exp/final_score.json"
   [ -z "$dest" ] || { mkdir -p "$(dirname "$dest")"; cp "$exp/final.pt" "$dest"; echo "copied to $dest"; }
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  echo "stage 6: AS-norm cohort (training speakers' mean embeddings) with thresholds for AS-norm scores"
+  python local/make_cohort.py --model "$exp/final.pt" --speech "$shared/speech" --trials "$trials" \
+      --wav-root "$trials_root" --out "$exp/final.cohort.npz"
+  [ -z "$dest" ] || { cp "$exp/final.cohort.npz" "$(dirname "$dest")/cohort.npz"; echo "copied to $(dirname "$dest")/cohort.npz"; }
 fi

@@ -1,0 +1,80 @@
+"""AS-norm cohorts saved as files, with the model they belong to and thresholds for their scores.
+
+    save("cohort.npz", embeddings, model_id=v.model_id, calibration=cal)   # cal: score_norm "asnorm"
+    v.set_cohort("cohort.npz")      # or "default": the cohort shipped for the shipped model
+
+A cohort is a set of impostor embeddings; AS-norm scores are on their own scale, so a cohort is only
+useful with thresholds calibrated on AS-norm scores of the same model and cohort. The file carries
+both, and the model id: a cohort made with one model says nothing about another model's scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lightsv.errors import CheckpointError, ConfigError
+
+DEFAULT_COHORT = Path(__file__).parent / "assets" / "cohort.npz"
+FORMAT = "lightsv-cohort"
+
+
+@dataclass
+class Cohort:
+    embeddings: np.ndarray  # [N, D] unit rows, float32
+    model_id: str
+    top_n: int | None
+    calibration: dict | None  # thresholds for AS-norm scores with this cohort and top_n
+
+
+def save(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    *,
+    model_id: str,
+    top_n: int | None = None,
+    calibration: dict | None = None,
+    **notes,
+) -> Path:
+    """Write a cohort file (float16 rows, which moves AS-norm scores by about 1e-3)."""
+    rows = np.asarray(embeddings, dtype=np.float32)
+    if rows.ndim != 2 or len(rows) < 2:
+        raise ConfigError(f"a cohort needs an [N >= 2, D] embedding array, got shape {rows.shape}")
+    if calibration is not None and calibration.get("score_norm") != "asnorm":
+        raise ConfigError("a cohort's calibration must be made on AS-norm scores (score_norm 'asnorm')")
+    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    meta = {"format": FORMAT, "model_id": model_id, "top_n": top_n, "calibration": calibration, **notes}
+    path = Path(path)
+    with open(path, "wb") as f:  # np.savez on a name would append ".npz" to any other suffix
+        np.savez(f, embeddings=rows.astype(np.float16), meta=np.array(json.dumps(meta)))
+    return path
+
+
+def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
+    """The cohort in ``path`` ("default": the shipped one); CheckpointError when it is not a cohort
+    file or was made with another model than ``model_id``."""
+    path = DEFAULT_COHORT if str(path) == "default" else Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such cohort file")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            rows = saved["embeddings"].astype(np.float32)
+            meta = json.loads(str(saved["meta"]))
+    except Exception as exc:  # a zip, a pickle, a truncated file: all say the same to the user
+        raise CheckpointError(f"{path}: not a lightsv cohort file ({type(exc).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or rows.ndim != 2 or len(rows) < 2:
+        raise CheckpointError(f"{path}: not a lightsv cohort file")
+    if not np.isfinite(rows).all():
+        raise CheckpointError(f"{path}: the cohort holds non-finite embeddings")
+    if model_id is not None and meta.get("model_id") != model_id:
+        raise CheckpointError(
+            f"{path}: cohort made with model {meta.get('model_id')}, not this model ({model_id}); "
+            "build one with this model (recipes/voxceleb/local/make_cohort.py)"
+        )
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    top_n = meta.get("top_n")
+    return Cohort(rows, str(meta.get("model_id")), None if top_n is None else int(top_n), meta.get("calibration"))

@@ -103,7 +103,8 @@ def write(args, rows, systems, conditions, n_extra) -> None:
     names = list(first["systems"])
     lines = [
         f"Written by `python benchmarks/spoof_cm.py {' '.join(f'--cm {c}' for c in args.cm)}"
-        f"{''.join(f' --fuse {f}' for f in args.fuse)}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"{''.join(f' --fuse {f}' for f in args.fuse)}{'' if args.out == 'spoof_cm' else f' --out {args.out}'}` "
+        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"({platform.node() or 'host'}; load average {os.getloadavg()[0]:.1f}).",
         "",
         "Spoof set dev split: 22 bona fide, 188 spoof clips; one bona fide clip moves an EER by 4.5 points. "

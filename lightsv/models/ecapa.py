@@ -148,15 +148,21 @@ class EcapaTdnn(nn.Module):
         self.embed_norm: nn.Module = nn.BatchNorm1d(c.embed_dim) if c.embed_norm else nn.Identity()
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_frames(feats, lengths)[0]
+
+    def forward_with_frames(self, feats: torch.Tensor, lengths: torch.Tensor | None = None):
+        """(embedding [B, D], frame features of the last three SE-Res2 stages [B, 3C, T], frame mask
+        [B, 1, T]): the forward pass, keeping what a side network on this trunk reads (lightsv.spoof)."""
         x = feats.transpose(1, 2)
         mask = frame_mask(lengths, x)
         out1 = self.layer1(x * mask, mask=mask) * mask
         out2 = self.layer2(out1, mask=mask) * mask
         out3 = self.layer3(out2, mask=mask) * mask
         out4 = self.layer4(out3, mask=mask) * mask
-        x = self.mfa(torch.cat([out2, out3, out4], dim=1), mask=mask) * mask
+        frames = torch.cat([out2, out3, out4], dim=1)
+        x = self.mfa(frames, mask=mask) * mask
         x = self.pool_norm(self.pool(x, mask=mask))
-        return self.embed_norm(self.embed(x))
+        return self.embed_norm(self.embed(x)), frames, mask
 
 
 def ecapa_tdnn(**options) -> EcapaTdnn:

@@ -20,7 +20,7 @@ from torch import nn
 
 from lightsv.errors import ConfigError
 from lightsv.models.ecapa import EcapaTdnn
-from lightsv.models.pooling import AttentiveStatsPool, frame_mask
+from lightsv.models.pooling import AttentiveStatsPool
 
 
 @dataclass
@@ -34,21 +34,6 @@ class SideCMConfig:
     channels: int = 64
     dilations: tuple[int, ...] = (2, 3)
     attention_channels: int = 32
-
-
-def trunk_features(trunk: EcapaTdnn, feats: torch.Tensor, lengths: torch.Tensor | None = None):
-    """(speaker embedding, frame features of the three SE-Res2 stages [B, 3C, T], frame mask): the
-    speaker model's own forward pass, keeping what the side network reads."""
-    x = feats.transpose(1, 2)
-    mask = frame_mask(lengths, x)
-    out1 = trunk.layer1(x * mask, mask=mask) * mask
-    out2 = trunk.layer2(out1, mask=mask) * mask
-    out3 = trunk.layer3(out2, mask=mask) * mask
-    out4 = trunk.layer4(out3, mask=mask) * mask
-    frames = torch.cat([out2, out3, out4], dim=1)
-    x = trunk.mfa(frames, mask=mask) * mask
-    emb = trunk.embed_norm(trunk.embed(trunk.pool_norm(trunk.pool(x, mask=mask))))
-    return emb, frames, mask
 
 
 class SideNet(nn.Module):
@@ -99,7 +84,7 @@ class SideCM(nn.Module):
 
     def joint(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():  # nothing flows back into the frozen trunk
-            emb, frames, mask = trunk_features(self.trunk, feats, lengths)
+            emb, frames, mask = self.trunk.forward_with_frames(feats, lengths)
         return emb, self.side(frames, mask)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -144,7 +144,9 @@ def _verifier(args: argparse.Namespace, db=None):
         threads=getattr(args, "threads", None),
     )
     if getattr(args, "cohort", None):
-        if args.cohort != "default" and not args.cohort.endswith(".npz"):
+        from lightsv.cohort import names_a_file
+
+        if not names_a_file(args.cohort):
             v.close()
             raise ConfigError(f"--cohort {args.cohort}: give a cohort file (.npz) or 'default'")
         try:

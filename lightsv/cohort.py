@@ -54,6 +54,11 @@ def save(
     return path
 
 
+def names_a_file(source) -> bool:
+    """Whether ``source`` names a cohort file ("default" or a ``.npz`` path) rather than a clip."""
+    return isinstance(source, (str, os.PathLike)) and (str(source) == "default" or str(source).endswith(".npz"))
+
+
 def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
     """The cohort in ``path`` ("default": the shipped one); CheckpointError when it is not a cohort
     file or was made with another model than ``model_id``."""

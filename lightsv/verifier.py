@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightsv import cohort as cohorts
 from lightsv import speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
@@ -447,9 +448,7 @@ class Verifier:
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
             raise ConfigError(f"top_n must be an integer >= 2, got {top_n!r}")
         calibration = None
-        if isinstance(cohort, (str, os.PathLike)) and (str(cohort) == "default" or str(cohort).endswith(".npz")):
-            from lightsv import cohort as cohorts
-
+        if cohorts.names_a_file(cohort):
             saved = cohorts.read(cohort, self.model_id)
             array, calibration, top_n = saved.embeddings, saved.calibration, top_n or saved.top_n
             if array.shape[1] != self.dim:

@@ -62,6 +62,17 @@ def frame_energies_db(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) ->
     return 10.0 * np.log10(power + 1e-12)
 
 
+def speech_threshold(floor: float, peak: float, config: SpeechConfig = SpeechConfig()) -> float:
+    """The energy (dB) above which a frame is speech in a recording with this noise floor and peak:
+    +inf when the range is too narrow for speech (steady noise, silence), the absolute floor (every
+    audible frame) when it is too narrow to split speech from noise reliably."""
+    if peak - floor < config.steady_db:
+        return math.inf
+    if peak - floor < config.confident_db:
+        return config.absolute_floor_db
+    return max(floor + config.floor_margin_db, peak - config.dynamic_range_db, config.absolute_floor_db)
+
+
 def speech_spans(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> list[tuple[int, int]]:
     """Speech regions of a 16 kHz clip as (start, end) sample indices, without margins."""
     energy = frame_energies_db(wav, config)
@@ -70,11 +81,11 @@ def speech_spans(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> list
     if audible.size == 0:
         return []
     floor, peak = float(np.percentile(audible, config.floor_percentile)), float(audible.max())
-    if peak - floor < config.steady_db:
+    threshold = speech_threshold(floor, peak, config)
+    if threshold == math.inf:
         return []
     if peak - floor < config.confident_db:
         return [(0, len(wav))]
-    threshold = max(floor + config.floor_margin_db, peak - config.dynamic_range_db, config.absolute_floor_db)
     active = energy > threshold
     hop, frame = int(config.hop_s * SAMPLE_RATE), int(config.frame_s * SAMPLE_RATE)
     edges = np.flatnonzero(np.diff(np.r_[0, active.astype(np.int8), 0]))
@@ -230,11 +241,7 @@ class SpeechGate:
         # the floor_percentile of the audible frames, to a bin
         rank = int(np.searchsorted(np.cumsum(self._hist), c.floor_percentile / 100 * self._audible))
         floor = c.absolute_floor_db + (rank + 0.5) * self.BIN_DB
-        if self._peak - floor < c.steady_db:
-            return False
-        if self._peak - floor < c.confident_db:
-            return True
-        return energy > max(floor + c.floor_margin_db, self._peak - c.dynamic_range_db, c.absolute_floor_db)
+        return energy > speech_threshold(floor, self._peak, c)
 
     def _judge(self, hop: np.ndarray, energy: float) -> list[np.ndarray]:
         """Judge one frame by its energy; its hop (the window's first hop_s) is kept, held or dropped."""

@@ -106,9 +106,13 @@ class FinetuneConfig:
 
 @dataclass
 class TrainConfig:
-    # A lightsv checkpoint (e.g. from `lightsv import`) to start from: its architecture, weights and
-    # filterbank; `model` and `features` then come from it (a config that sets different ones is refused).
+    # A lightsv checkpoint (e.g. from `lightsv import`, or an earlier run) to start from: its architecture,
+    # weights, filterbank and transformation module; `model`, `features` and `transform` then come from it
+    # (a config that sets different ones is refused).
     init_from: str | None = None
+    # True: the `features` set here replace the checkpoint's filterbank and its weights are trained on
+    # them (e.g. sherpa-onnx's, whose mel bank stops at 7.6 kHz); the new model carries the new filterbank.
+    refit_features: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     transform: TransformConfig | None = None
@@ -230,13 +234,26 @@ def _inherit(data: dict) -> dict:
         set_here = data["features"] or {}
         given = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
         differ = sorted(k for k in set_here if given[k] != features[k])
-        if differ:
+        if differ and not data.get("refit_features"):
             raise ConfigError(
                 f"init_from: features.{', features.'.join(differ)} differ from the filterbank {path} was trained "
-                "with; drop the features section to use its own"
+                "with; drop the features section to use its own (or set refit_features: true to train it on these)"
             )
-    if checkpoint.get("tuners"):
-        raise ConfigError(f"init_from: {path} carries tuners or a transformation already; start from a plain model")
+        features = {**features, **{k: given[k] for k in set_here}}
+    tuners = checkpoint.get("tuners") or []
+    if any(t.get("kind") != "transform" for t in tuners):
+        raise ConfigError(f"init_from: {path} carries tuners (LoRA, adapters, prompts); start from a model without")
+    if tuners:
+        # training goes on with the transformation module the checkpoint carries (build does not re-apply it)
+        carried = {k: tuners[0]["options"][k] for k in ("subsets", "share", "fusion")}
+        if data.get("transform") is not None:
+            given_t = dataclasses.asdict(_from_dict(TransformConfig, data["transform"], "transform"))
+            if given_t != carried:
+                raise ConfigError(
+                    f"init_from: {path} carries the transformation module {carried}; the config asks for "
+                    f"{given_t}: drop the transform section to keep the checkpoint's"
+                )
+        data = {**data, "transform": carried}
     return {**data, "model": model, "features": features}
 
 
@@ -338,7 +355,7 @@ def build(c: TrainConfig) -> nn.Module:
         model = load_model(c.init_from).train()  # the imported (or earlier trained) weights
     else:
         model = build_model(c.model.name, **{"feat_dim": c.features.n_mels, **c.model.options})
-    if c.transform is not None:
+    if c.transform is not None and not getattr(model, "tuners", None):
         transform.apply(model, subsets=c.transform.subsets, share=c.transform.share, fusion=c.transform.fusion)
     model = replay(model, [{"kind": r["kind"], "options": dict(r.get("options", {}))} for r in c.tuners])
     prepare = getattr(model, "prepare_training", None)

@@ -113,6 +113,34 @@ def test_sherpa_onnx_runs_our_model_and_decides_like_verifier(sherpa_model):
                 assert manager.verify(name, theirs[clip], v.threshold) == v.verify(name, clip).accept
 
 
+def test_a_model_trained_on_sherpas_filterbank_needs_no_feature_map(tmp_path):
+    """A model whose mel bank stops where sherpa-onnx's does (7.6 kHz) exports without the in-graph map,
+    and sherpa-onnx's embeddings then match lightsv's up to framing (centred frames, edge frames)."""
+    sherpa_onnx = pytest.importorskip("sherpa_onnx")
+    from lightsv.edge.sherpa import SHERPA_HIGH_FREQ
+
+    torch.manual_seed(0)
+    model = lightsv.build_model("ecapa_tdnn", **tiny("ecapa_tdnn")).eval()
+    checkpoint = lightsv.save_model(model, tmp_path / "m.pt", features={"high_freq": SHERPA_HIGH_FREQ})
+    ours = export_checkpoint(checkpoint, tmp_path / "ours.onnx")
+    path = export_checkpoint(checkpoint, tmp_path / "s.onnx", config=ExportConfig(format="sherpa-onnx"))
+    assert "Exp" not in {n.op_type for n in onnx.load(path).graph.node}
+    full_band = lightsv.save_model(model, tmp_path / "full.pt")  # lightsv's default bank: up to 8 kHz
+    mapped = export_checkpoint(full_band, tmp_path / "mapped.onnx", config=ExportConfig(format="sherpa-onnx"))
+    assert "Exp" in {n.op_type for n in onnx.load(mapped).graph.node}
+
+    extractor = sherpa_onnx.SpeakerEmbeddingExtractor(
+        sherpa_onnx.SpeakerEmbeddingExtractorConfig(model=str(path), num_threads=1)
+    )
+    v = lightsv.Verifier.load(ours, vad=False)
+    for clip in sorted(EXAMPLES.rglob("*.flac"))[:4]:
+        stream = extractor.create_stream()
+        stream.accept_waveform(16000, load(clip))
+        stream.input_finished()
+        theirs = np.array(extractor.compute(stream), dtype=np.float32)
+        assert float(v.embed(clip) @ theirs) / np.linalg.norm(theirs) >= 0.99, clip
+
+
 def test_split_blocks_export_fused_into_grouped_convolutions(tmp_path, speech, monkeypatch):
     """The K narrow copies of every split block run as one wide block in the export (lightsv.edge.fuse):
     convolutions with K times the groups, a fraction of the nodes, the loop's embeddings."""

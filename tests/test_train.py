@@ -257,6 +257,40 @@ def test_bad_configs_raise_config_error(tmp_path):
     )
 
 
+def test_init_from_continues_a_transformed_model_and_refits_its_filterbank(tmp_path):
+    import lightsv
+    from lightsv import transform
+
+    (tmp_path / "wav").mkdir()
+    model = lightsv.build_model("amcrn_small")
+    transform.apply(model, subsets=2)
+    path = lightsv.save_model(model, tmp_path / "m.pt", training_config={"features": {"n_mels": 80}})
+    base = {"init_from": str(path), "data": {"root": str(tmp_path / "wav")}}
+
+    config = train_config.config_from_dict(base)
+    assert (config.transform.subsets, config.transform.share) == (2, False)  # carried by the checkpoint
+    built = train_config.build(config)
+    assert built.tuners == model.tuners  # not wrapped a second time
+    assert built.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(built.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    with pytest.raises(ConfigError, match="features.high_freq differ.*refit_features"):
+        train_config.config_from_dict({**base, "features": {"high_freq": -400.0}})
+    refit = train_config.config_from_dict({**base, "features": {"high_freq": -400.0}, "refit_features": True})
+    assert refit.features.high_freq == -400.0 and refit.features.n_mels == 80
+    with pytest.raises(ConfigError, match="carries the transformation module"):
+        train_config.config_from_dict({**base, "transform": {"subsets": 4}})
+    with pytest.raises(ConfigError, match="features.n_mels"):  # the weights read 80 mels
+        train_config.config_from_dict({**base, "features": {"n_mels": 40}, "refit_features": True})
+
+    from lightsv.peft import adapters
+
+    tuned = lightsv.build_model("amcrn_small")
+    adapters.apply(tuned, targets="embed")
+    with pytest.raises(ConfigError, match="carries tuners"):
+        train_config.config_from_dict({**base, "init_from": str(lightsv.save_model(tuned, tmp_path / "t.pt"))})
+
+
 # ----------------------------------------------------------------------------- training on real speech
 
 

@@ -3,10 +3,13 @@
 sherpa-onnx computes the filterbank itself (kaldi-native-fbank) with options the model file cannot
 change: 80 mels from 20 Hz to Nyquist - 400 Hz (7600 Hz at 16 kHz), frames centred on the hop
 (``snip_edges=false``), samples scaled to the 16-bit range when ``normalize_samples`` is 0. lightsv's
-filterbank reaches Nyquist and snips edges. So the graph starts by mapping sherpa's mel energies to
-lightsv's (a fixed non-negative 80 x 80 matrix fitted between the two filter banks: exp, matmul,
-log), then mean-normalises over time as lightsv does and runs the model. The edge frames and the
-7.6-8 kHz band, which sherpa's features do not see, are what still differs.
+filterbank snips edges, and reaches Nyquist unless the model was trained on sherpa's top frequency
+(the shipped model is, since its third generation: `recipes/voxceleb/conf/gen3.yaml`). For a model
+that reads the full band, the graph starts by mapping sherpa's mel energies to lightsv's (a fixed
+non-negative 80 x 80 matrix fitted between the two filter banks: exp, matmul, log); what sherpa's
+features do not see (7.6-8 kHz) cannot be recovered, and was the whole of the difference between the
+two embeddings (framing and edge frames move the cosine by under 0.005). The graph then
+mean-normalises over time as lightsv does and runs the model.
 """
 
 from __future__ import annotations
@@ -29,27 +32,31 @@ def sherpa_features(c: FbankConfig) -> FbankConfig:
     return dataclasses.replace(c, high_freq=SHERPA_HIGH_FREQ)
 
 
-def feature_map(c: FbankConfig) -> np.ndarray:
-    """[n_mels, n_mels] non-negative M with sherpa_bank @ M ~ lightsv_bank, bin by bin (least squares)."""
+def feature_map(c: FbankConfig) -> np.ndarray | None:
+    """[n_mels, n_mels] non-negative M with sherpa_bank @ M ~ lightsv_bank, bin by bin (least squares);
+    None when the model reads sherpa's filter bank already."""
     from scipy.optimize import nnls
 
     ours, theirs = mel_banks(c), mel_banks(sherpa_features(c))  # [bins, mels]
+    if ours.shape == theirs.shape and np.array_equal(ours, theirs):
+        return None
     return np.stack([nnls(theirs, ours[:, j])[0] for j in range(ours.shape[1])], axis=1)
 
 
 class FeatureEmbedder(nn.Module):
     """sherpa-onnx's log-mels [B, T, 80] -> lightsv's mean-normalised log-mels -> embedding [B, D]."""
 
-    map: torch.Tensor
+    map: torch.Tensor | None
 
     def __init__(self, model: nn.Module, features: FbankConfig):
         super().__init__()
         self.features = features
-        self.register_buffer("map", torch.from_numpy(feature_map(features)).float(), persistent=False)
+        m = feature_map(features)
+        self.register_buffer("map", None if m is None else torch.from_numpy(m).float(), persistent=False)
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.log(torch.clamp(torch.exp(x) @ self.map, min=self.features.log_floor))
+        feats = x if self.map is None else torch.log(torch.clamp(torch.exp(x) @ self.map, min=self.features.log_floor))
         if self.features.mean_norm:
             feats = feats - feats.mean(dim=1, keepdim=True)
         return self.model(feats)
@@ -90,5 +97,5 @@ def sherpa_metadata(props: dict[str, str]) -> dict[str, str]:
         # Empty: the graph normalises its own features after mapping them (global-mean would come first).
         "feature_normalize_type": "",
         "language": "English",
-        "comment": "lightsv speaker embedding model; features mapped in-graph to lightsv's filterbank",
+        "comment": "lightsv speaker embedding model (lightsv export --format sherpa-onnx)",
     }

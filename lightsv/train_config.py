@@ -208,6 +208,8 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> TrainConfig:
         _set(data, key.strip(), yaml.safe_load(raw))
     if isinstance(data, dict) and data.get("init_from") is not None:
         data = _inherit(data)
+    if isinstance(data, dict) and (data.get("model") or {}).get("name") == "spoof_side":
+        data = _trunk_features(data)
     config = _from_dict(TrainConfig, data)
     check(config)
     return config
@@ -255,6 +257,31 @@ def _inherit(data: dict) -> dict:
                 )
         data = {**data, "transform": carried}
     return {**data, "model": model, "features": features}
+
+
+def _trunk_features(data: dict) -> dict:
+    """`data` with the filterbank of the speaker trunk a side countermeasure taps (lightsv.spoof.models):
+    the verifier runs that trunk once for both on the speaker model's features, so the CM must learn on
+    the same ones."""
+    from lightsv.checkpoint import read_checkpoint
+    from lightsv.errors import CheckpointError
+    from lightsv.verifier import DEFAULT_MODEL, _features
+
+    trunk = ((data["model"].get("options") or {}).get("trunk")) or "default"
+    path = DEFAULT_MODEL if trunk == "default" else trunk
+    try:
+        features = dataclasses.asdict(_features(read_checkpoint(path).get("extra") or {}, str(path)))
+    except CheckpointError as err:
+        raise ConfigError(f"model.options.trunk: {err}") from None
+    set_here = data.get("features") or {}
+    given = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
+    differ = sorted(k for k in set_here if given[k] != features[k])
+    if differ:
+        raise ConfigError(
+            f"features.{', features.'.join(differ)} differ from the filterbank of the trunk {path}, which the "
+            "side countermeasure reads: drop the features section to use the trunk's"
+        )
+    return {**data, "features": features}
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:

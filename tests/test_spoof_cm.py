@@ -1,6 +1,7 @@
 """The shared-trunk countermeasure, shortcut transforms, the Countermeasure loader, spoof-aware
 verification and `lightsv spoof-score`."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -61,7 +62,9 @@ def side_cm(tmp_path_factory):
     torch.manual_seed(0)
     model = lightsv.build_model("spoof_side", channels=8, dilations=[2], attention_channels=8)
     path = tmp_path_factory.mktemp("cm") / "cm.pt"
-    lightsv.save_model(model, path, calibration={"eer_threshold": 0.0})
+    # on the trunk's own filterbank, as the trainer makes a side CM learn (lightsv.train_config)
+    features = dataclasses.asdict(lightsv.Verifier.load().fbank.config)
+    lightsv.save_model(model, path, calibration={"eer_threshold": 0.0}, features=features)
     return path
 
 
@@ -102,6 +105,30 @@ def test_spoof_check_shares_one_trunk_pass_and_rejects_spoofs(side_cm, speech_cl
     lenient = Countermeasure.load(side_cm, threshold=r.spoof_score - 1.0)
     assert v.verify("alice", clip, spoof_check=True, countermeasure=lenient).accept
     assert set(s.as_dict()) >= {"score", "threshold", "spoof_score", "spoof_threshold", "bonafide", "accept"}
+
+
+def test_a_side_cm_learns_on_its_trunks_filterbank_and_shares_the_pass_only_then(side_cm, speech_clip, tmp_path):
+    from lightsv import train_config
+
+    trunk = lightsv.Verifier.load().fbank.config
+    (tmp_path / "wav").mkdir()
+    base = {"data": {"root": str(tmp_path / "wav")}, "model": {"name": "spoof_side", "options": {}}}
+    assert train_config.config_from_dict(base).features == trunk  # taken from the trunk
+    other = {"high_freq": -400.0 if trunk.high_freq != -400.0 else 0.0}
+    with pytest.raises(ConfigError, match="features.high_freq differ from the filterbank of the trunk"):
+        train_config.config_from_dict({**base, "features": other})
+
+    # a CM that learnt on another filterbank is scored on its own: two passes, the same scores
+    model, extra = lightsv.load_model(side_cm, return_extra=True)
+    moved = lightsv.save_model(
+        model, tmp_path / "moved.pt", calibration=extra["calibration"], features={**extra["features"], **other}
+    )
+    clip, _ = speech_clip
+    v = lightsv.Verifier.load(vad=False)
+    v.enroll("alice", [clip])
+    cm = Countermeasure.load(moved)
+    r = v.verify("alice", clip, spoof_check=True, countermeasure=cm)
+    assert not r.shared_pass and r.spoof_score == pytest.approx(cm.score(clip), abs=1e-4)
 
 
 @pytest.fixture(scope="module")

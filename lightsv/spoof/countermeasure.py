@@ -83,6 +83,12 @@ class Countermeasure:
         return getattr(self._backend, "model", None)
 
     @property
+    def features(self):
+        """The filterbank (a FbankConfig) the torch model reads; None on the onnx backend."""
+        fbank = getattr(self._backend, "fbank", None)
+        return None if fbank is None else fbank.config
+
+    @property
     def trunk_id(self) -> str | None:
         """The model id of the speaker model whose trunk the CM shares (None for a standalone CM)."""
         return self._backend.trunk_id

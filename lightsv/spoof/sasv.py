@@ -62,6 +62,8 @@ def shares_trunk(verifier, cm: Countermeasure) -> bool:
         and cm.model is not None
         and hasattr(cm.model, "joint")
         and cm.trunk_id == verifier.model_id
+        # the shared pass feeds the trunk the speaker model's filterbank: the CM must have learnt on it
+        and cm.features == verifier.fbank.config
     )
 
 

@@ -215,33 +215,43 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> TrainConfig:
     return config
 
 
-def _inherit(data: dict) -> dict:
-    """`data` with the model and filterbank of its `init_from` checkpoint filled in."""
+def _checkpoint_features(path, key: str) -> tuple[dict, dict]:
+    """(checkpoint, the filterbank it was trained on as plain data); ConfigError naming `key` if unreadable."""
     from lightsv.checkpoint import read_checkpoint
     from lightsv.errors import CheckpointError
     from lightsv.verifier import _features
 
+    try:
+        checkpoint = read_checkpoint(path)
+        return checkpoint, dataclasses.asdict(_features(checkpoint.get("extra") or {}, str(path)))
+    except CheckpointError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _features_set(data: dict, features: dict) -> tuple[dict, list[str]]:
+    """(the `features` keys the config sets, parsed; those of them that differ from `features`)."""
+    set_here = data.get("features") or {}
+    parsed = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
+    given = {k: parsed[k] for k in set_here}
+    return given, sorted(k for k in given if given[k] != features[k])
+
+
+def _inherit(data: dict) -> dict:
+    """`data` with the model and filterbank of its `init_from` checkpoint filled in."""
     path = data["init_from"]
     if not isinstance(path, str):
         raise ConfigError(f"init_from: expected a checkpoint path, got {path!r}")
-    try:
-        checkpoint = read_checkpoint(path)
-        features = dataclasses.asdict(_features(checkpoint.get("extra") or {}, path))
-    except CheckpointError as err:
-        raise ConfigError(f"init_from: {err}") from None
+    checkpoint, features = _checkpoint_features(path, "init_from")
     model = {"name": checkpoint["model"], "options": json.loads(json.dumps(checkpoint["config"]))}
     if "model" in data and data["model"] != model:
         raise ConfigError(f"init_from: the model comes from {path} ({model['name']}); drop the model section")
-    if "features" in data:
-        set_here = data["features"] or {}
-        given = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
-        differ = sorted(k for k in set_here if given[k] != features[k])
-        if differ and not data.get("refit_features"):
-            raise ConfigError(
-                f"init_from: features.{', features.'.join(differ)} differ from the filterbank {path} was trained "
-                "with; drop the features section to use its own (or set refit_features: true to train it on these)"
-            )
-        features = {**features, **{k: given[k] for k in set_here}}
+    given, differ = _features_set(data, features)
+    if differ and not data.get("refit_features"):
+        raise ConfigError(
+            f"init_from: features.{', features.'.join(differ)} differ from the filterbank {path} was trained "
+            "with; drop the features section to use its own (or set refit_features: true to train it on these)"
+        )
+    features = {**features, **given}
     tuners = checkpoint.get("tuners") or []
     if any(t.get("kind") != "transform" for t in tuners):
         raise ConfigError(f"init_from: {path} carries tuners (LoRA, adapters, prompts); start from a model without")
@@ -263,19 +273,12 @@ def _trunk_features(data: dict) -> dict:
     """`data` with the filterbank of the speaker trunk a side countermeasure taps (lightsv.spoof.models):
     the verifier runs that trunk once for both on the speaker model's features, so the CM must learn on
     the same ones."""
-    from lightsv.checkpoint import read_checkpoint
-    from lightsv.errors import CheckpointError
-    from lightsv.verifier import DEFAULT_MODEL, _features
+    from lightsv.verifier import DEFAULT_MODEL
 
     trunk = ((data["model"].get("options") or {}).get("trunk")) or "default"
     path = DEFAULT_MODEL if trunk == "default" else trunk
-    try:
-        features = dataclasses.asdict(_features(read_checkpoint(path).get("extra") or {}, str(path)))
-    except CheckpointError as err:
-        raise ConfigError(f"model.options.trunk: {err}") from None
-    set_here = data.get("features") or {}
-    given = dataclasses.asdict(_from_dict(FbankConfig, set_here, "features"))
-    differ = sorted(k for k in set_here if given[k] != features[k])
+    _, features = _checkpoint_features(path, "model.options.trunk")
+    _, differ = _features_set(data, features)
     if differ:
         raise ConfigError(
             f"features.{', features.'.join(differ)} differ from the filterbank of the trunk {path}, which the "

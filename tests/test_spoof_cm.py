@@ -170,13 +170,40 @@ def test_the_shipped_countermeasure_shares_the_shipped_trunk_and_its_onnx_export
     v = lightsv.Verifier.load(vad=False)
     assert torch_cm.trunk_id == onnx_cm.trunk_id == v.model_id  # re-ship both when default.pt changes
     assert onnx_cm.score(clip) == pytest.approx(torch_cm.score(clip), abs=1e-3)
-    # the onnx backend runs the two models separately, with the same decision
+    # both backends run the shared trunk once, with the same decision
     v.enroll("alice", [clip])
     w = lightsv.Verifier.load(backend="onnx", vad=False)
     w.enroll("alice", [clip])
     a, b = v.verify("alice", clip, spoof_check=True), w.verify("alice", clip, spoof_check=True)
-    assert a.shared_pass and not b.shared_pass
+    assert a.shared_pass and b.shared_pass
+    assert b.score == pytest.approx(w.verify("alice", clip).score, abs=1e-4)
     assert a.spoof_score == pytest.approx(b.spoof_score, abs=1e-3) and a.accept == b.accept
+
+
+def test_a_side_cm_exports_one_graph_that_verifies_and_scores_in_one_pass(side_cm, speech_clip, tmp_path):
+    """The onnx backend runs a side CM's trunk once for both answers, as torch does: its export has a
+    second output, the trunk's speaker embedding, which equals the speaker model's own export's."""
+    pytest.importorskip("onnxscript")
+    from lightsv.edge.export import export
+
+    model, extra = lightsv.load_model(side_cm, return_extra=True)
+    path = export(model, tmp_path / "cm.onnx", extra=extra)
+    cm = Countermeasure.load(path, backend="onnx")
+    torch_cm = Countermeasure.load(side_cm, backend="torch")
+    clip, _ = speech_clip
+    v = lightsv.Verifier.load(backend="onnx", vad=False)  # the shipped default.onnx: the CM's trunk
+    v.enroll("alice", [clip])
+    plain = v.verify("alice", clip)
+    r = v.verify("alice", clip, spoof_check=True, countermeasure=cm)
+    assert r.shared_pass and r.score == pytest.approx(plain.score, abs=1e-4)
+    assert r.spoof_score == pytest.approx(torch_cm.score(clip), abs=1e-3)
+    # another speaker model (here: the int8 export, its own id) cannot share the pass: two runs, same CM score
+    from lightsv.runtime import DEFAULT_ONNX_INT8
+
+    w = lightsv.Verifier.load(DEFAULT_ONNX_INT8, vad=False)
+    w.enroll("alice", [clip])
+    q = w.verify("alice", clip, spoof_check=True, countermeasure=cm)
+    assert not q.shared_pass and q.spoof_score == pytest.approx(r.spoof_score, abs=1e-4)
 
 
 def test_verify_spoof_check_on_the_command_line(speech_clip, tmp_path, capsys):

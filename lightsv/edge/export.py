@@ -79,6 +79,20 @@ class WaveformEmbedder(nn.Module):
         return self.model(feats, frames)
 
 
+class JointEmbedder(WaveformEmbedder):
+    """A countermeasure on a speaker trunk (``model.joint``, lightsv.spoof.models.SideCM): waveform ->
+    (its score as ``embedding``, the trunk's speaker embedding as ``speaker_embedding``) in one pass, so
+    the onnx backend runs the trunk once for verification and spoof detection, as torch does."""
+
+    outputs = ["embedding", "speaker_embedding"]
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor):
+        feats, frames = self.fbank(wav, lengths)
+        joint: Any = self.model.joint
+        emb, score = joint(feats, frames)
+        return score, emb
+
+
 def require(*modules: str) -> None:
     """Raise a one-line ExportError naming the extra to install when an export dependency is missing."""
     import importlib.util
@@ -149,7 +163,8 @@ def export(
 
         proto, inputs = sherpa_graph(model, features, config.opset)
     else:
-        proto = _trace_waveform(WaveformEmbedder(model, features, config.frontend).eval(), config.opset)
+        embedder = JointEmbedder if hasattr(model, "joint") and not config.int8 else WaveformEmbedder
+        proto = _trace_waveform(embedder(model, features, config.frontend).eval(), config.opset)
         inputs = None
     proto = clean(proto)
     quantization = "none"
@@ -167,6 +182,11 @@ def export(
     else:
         proto = compact(proto)
     props = metadata(model, extra, features=features, quantization=quantization)
+    trunk_id = getattr(getattr(model, "config", None), "trunk_id", "")
+    if trunk_id:  # a countermeasure on a speaker model's trunk: which one (lightsv.spoof.sasv.shares_trunk)
+        props["trunk_id"] = str(trunk_id)
+    if len(proto.graph.output) > 1:
+        props["speaker_embedding_dim"] = str(proto.graph.output[1].type.tensor_type.shape.dim[1].dim_value)
     if config.format == "sherpa-onnx":
         from lightsv.edge.sherpa import sherpa_metadata
 
@@ -206,10 +226,19 @@ def _trace_waveform(graph: nn.Module, opset: int):
         input_names=["wav", "lengths"],
         dynamic_shapes={"wav": {0: batch, 1: samples}, "lengths": {0: batch}},
         opset=opset,
+        output_names=getattr(graph, "outputs", ["embedding"]),
     )
 
 
-def _dynamo_export(graph: nn.Module, args: tuple, *, input_names: list[str], dynamic_shapes: dict, opset: int):
+def _dynamo_export(
+    graph: nn.Module,
+    args: tuple,
+    *,
+    input_names: list[str],
+    dynamic_shapes: dict,
+    opset: int,
+    output_names: list[str] | None = None,
+):
     # The exporter reports its steps on stdout and logs a warning per missing torchvision op.
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -221,7 +250,7 @@ def _dynamo_export(graph: nn.Module, args: tuple, *, input_names: list[str], dyn
                 graph,
                 args,
                 input_names=input_names,
-                output_names=["embedding"],
+                output_names=output_names or ["embedding"],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
                 dynamo=True,

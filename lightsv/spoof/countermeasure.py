@@ -13,6 +13,8 @@ side network on the shipped speaker model's frozen trunk (`lightsv.spoof.models.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -83,10 +85,9 @@ class Countermeasure:
         return getattr(self._backend, "model", None)
 
     @property
-    def features(self):
-        """The filterbank (a FbankConfig) the torch model reads; None on the onnx backend."""
-        fbank = getattr(self._backend, "fbank", None)
-        return None if fbank is None else fbank.config
+    def features(self) -> dict | None:
+        """The filterbank the CM reads (FbankConfig's fields), on either backend; None if unknown."""
+        return self._backend.features
 
     @property
     def trunk_id(self) -> str | None:
@@ -123,6 +124,7 @@ class _TorchCM:
         from lightsv.verifier import _features
 
         self.fbank = Fbank(_features(self.extra, str(path)))
+        self.features = dataclasses.asdict(self.fbank.config)
         self.trunk_id = getattr(getattr(self.model, "config", None), "trunk_id", None) or None
 
     def score(self, wav: np.ndarray) -> float:
@@ -144,9 +146,19 @@ class _OnnxCM:
             raise CheckpointError(f"{path}: not a countermeasure (output size {self.runner.dim}, not 1)")
         self.calibration = self.runner.calibration
         self.trunk_id = self.runner.metadata.get("trunk_id") or None
+        self.features = json.loads(self.runner.metadata["features"]) if "features" in self.runner.metadata else None
+        # a side CM's export also gives its trunk's speaker embedding (lightsv.edge.export.JointEmbedder)
+        self.joint = "speaker_embedding" in {o.name for o in self.runner.session.get_outputs()}
 
     def score(self, wav: np.ndarray) -> float:
         (out,) = self.runner.session.run(
             ["embedding"], {"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)}
         )
         return float(out[0, 0])
+
+    def embed_and_score(self, wav: np.ndarray) -> tuple[np.ndarray, float]:
+        """(the trunk's speaker embedding, not normalised; the CM's score) of one waveform, one pass."""
+        score, emb = self.runner.session.run(
+            ["embedding", "speaker_embedding"], {"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)}
+        )
+        return emb[0].astype(np.float32), float(score[0, 0])

@@ -10,6 +10,7 @@ Otherwise (the onnx backend, another speaker model) the two models each read the
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,16 +56,18 @@ def countermeasure_for(verifier, countermeasure: Countermeasure | str | None = N
 
 
 def shares_trunk(verifier, cm: Countermeasure) -> bool:
+    """Whether one pass of the CM's trunk gives the verifier's embedding too: the same speaker model
+    (id) on the same filterbank, and a CM on the verifier's backend that returns both."""
     from lightsv.verifier import TorchModel
 
-    return (
-        isinstance(verifier.backend, TorchModel)
-        and cm.model is not None
-        and hasattr(cm.model, "joint")
-        and cm.trunk_id == verifier.model_id
+    if cm.trunk_id is None or cm.trunk_id != verifier.model_id or cm.features is None:
+        return False
+    if isinstance(verifier.backend, TorchModel):
         # the shared pass feeds the trunk the speaker model's filterbank: the CM must have learnt on it
-        and cm.features == verifier.fbank.config
-    )
+        joint = cm.model is not None and hasattr(cm.model, "joint")
+        return joint and cm.features == dataclasses.asdict(verifier.fbank.config)
+    ours = getattr(verifier.backend, "metadata", {}).get("features")
+    return bool(getattr(cm._backend, "joint", False)) and ours is not None and json.loads(ours) == cm.features
 
 
 def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None = None):
@@ -80,6 +83,9 @@ def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None 
     seconds = len(speech) / SAMPLE_RATE
     if not shares_trunk(verifier, cm):
         return verifier._forward([speech])[0], cm.score_wav(speech), False, seconds
+    if cm.backend == "onnx":
+        emb, score = cm._backend.embed_and_score(repeat_short([speech])[0])
+        return emb / max(float(np.linalg.norm(emb)), 1e-12), score, True, seconds
     import torch
 
     # the verifier's own input (short clips repeated, as its embedding path does) through the trunk once

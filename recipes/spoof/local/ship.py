@@ -53,9 +53,6 @@ def main() -> None:
     proto = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in proto.metadata_props}
     props["kind"] = "countermeasure"
-    trunk_id = getattr(model.config, "trunk_id", "")
-    if trunk_id:
-        props["trunk_id"] = trunk_id
     set_metadata(proto, props)
     write(proto, onnx_path)
     shipped = Countermeasure.load(pt, backend="torch")

@@ -99,9 +99,9 @@ def test_sherpa_onnx_runs_our_model_and_decides_like_verifier(sherpa_model):
     ours = {c: v.embed(c) for clips in speakers.values() for c in clips}
     theirs = {c: embed(c) for c in ours}
     cosines = [float(ours[c] @ theirs[c]) for c in ours]
-    # Measured 0.97-0.997: sherpa-onnx's filterbank stops at 7.6 kHz and the in-graph map cannot
-    # recover what it does not see (README, "sherpa-onnx").
-    assert min(cosines) >= 0.95, cosines
+    # The shipped model reads sherpa-onnx's filterbank (mels up to 7.6 kHz); frames centred on the hop
+    # and the edge frames are what still differs (README, "sherpa-onnx").
+    assert min(cosines) >= 0.99, cosines
     manager = sherpa_onnx.SpeakerEmbeddingManager(extractor.dim)
     for name, clips in speakers.items():
         v.enroll(name, clips[:2])

@@ -45,9 +45,10 @@ def main() -> None:
     dest = Path(args.dest)
     pt = lightsv.save_model(model, dest.with_suffix(".pt"), half=True, calibration=cal, **keep)
 
-    from lightsv.edge.export import export, set_metadata, write
+    from lightsv.edge.export import export_checkpoint, set_metadata, write
 
-    onnx_path = export(lightsv.load_model(pt), dest.with_suffix(".onnx"), extra={"calibration": cal})
+    # from the saved file, whose metadata (the filterbank it learnt on, the calibration) the export carries
+    onnx_path = export_checkpoint(pt, dest.with_suffix(".onnx"))
     import onnx
 
     proto = onnx.load(str(onnx_path))

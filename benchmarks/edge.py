@@ -291,8 +291,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "eer_dev": eer,
-        "note": "other work (a training run, other developers' jobs) shared this 2-core machine; "
-        "absolute timings are noisy, ratios within this run are what count",
+        # the load average says whether other work shared the machine; the rounds interleave systems
+        "note": "absolute timings move with what else runs on the machine, ratios within this run are what count",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "edge.csv", "w", newline="") as f:

@@ -394,8 +394,9 @@ def main(argv=None) -> int:
     stem = "streaming" if args.vad else "streaming_raw"
     stem += "" if args.stream_margin is None else f"_margin{args.stream_margin:g}"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results)
+    (args.out / f"{stem}.md").write_text(text)
+    print(text)
     return 0
 
 
@@ -492,11 +493,8 @@ def markdown(results: dict) -> str:
         ]
         for s in r["streams"]:
             lines.append(
-                f"| {s['error'][0]:g} | {s['mean_seconds']:.2f} / {s['p90_seconds']:.2f} | "
-                f"{s['mean_speech_seconds']:.2f} / {s['p90_speech_seconds']:.2f} | {s['decided_early']:.1f} | "
-                f"{_pct(s['early_miss'])} / {_pct(s['early_fa'])} | "
-                f"{s['miss']:.2f} | {s['fa']:.2f} | {s['hter']:.2f} | {s['hter'] - w['whole']:+.2f} | "
-                f"{s['hter'] - whole_hter:+.2f} |"
+                f"| {s['error'][0]:g} | {_seconds(s)} | {s['decided_early']:.1f} | {_early(s)} | "
+                f"{s['miss']:.2f} | {s['fa']:.2f} | {_hter(s, w, whole_hter)} |"
             )
     lead = meta.get("lead_in", {"seconds": LEAD_IN, "dbfs": LEAD_DB})
     lines += [
@@ -516,10 +514,8 @@ def markdown(results: dict) -> str:
         w, whole_hter = r["windows"], r["durations"]["whole"]["llr_0"]["hter"]
         for s in r.get("lead_in", []):
             lines.append(
-                f"| {Path(name).stem} | {s['error'][0]:g} | {s['mean_seconds']:.2f} / {s['p90_seconds']:.2f} | "
-                f"{s['mean_speech_seconds']:.2f} / {s['p90_speech_seconds']:.2f} | "
-                f"{s['decided_before_speech']:.1f} | {_pct(s['early_miss'])} / {_pct(s['early_fa'])} | "
-                f"{s['hter']:.2f} | {s['hter'] - w['whole']:+.2f} | {s['hter'] - whole_hter:+.2f} |"
+                f"| {Path(name).stem} | {s['error'][0]:g} | {_seconds(s)} | {s['decided_before_speech']:.1f} | "
+                f"{_early(s)} | {_hter(s, w, whole_hter)} |"
             )
     lines += [
         "",
@@ -542,11 +538,8 @@ def markdown(results: dict) -> str:
         for hop, runs in rows + list(cadence.items()):
             for s in runs:
                 lines.append(
-                    f"| {Path(name).stem} | {s['error'][0]:g} | {hop} | "
-                    f"{s['mean_seconds']:.2f} / {s['p90_seconds']:.2f} | "
-                    f"{s['mean_speech_seconds']:.2f} / {s['p90_speech_seconds']:.2f} | "
-                    f"{_pct(s['early_miss'])} / {_pct(s['early_fa'])} | {s['hter']:.2f} | "
-                    f"{s['hter'] - w['whole']:+.2f} | {s['hter'] - whole_hter:+.2f} |"
+                    f"| {Path(name).stem} | {s['error'][0]:g} | {hop} | {_seconds(s)} | {_early(s)} | "
+                    f"{_hter(s, w, whole_hter)} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -558,6 +551,23 @@ def _relative(path: str) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _seconds(s: dict) -> str:
+    """A stream summary's audio and speech seconds at the decision: two mean / p90 cells."""
+    return (
+        f"{s['mean_seconds']:.2f} / {s['p90_seconds']:.2f} | {s['mean_speech_seconds']:.2f} / "
+        f"{s['p90_speech_seconds']:.2f}"
+    )
+
+
+def _early(s: dict) -> str:
+    return f"{_pct(s['early_miss'])} / {_pct(s['early_fa'])}"
+
+
+def _hter(s: dict, windows: dict, whole_hter: float) -> str:
+    """HTER, and its distance to the whole clip's EER and to the whole clip's HTER: three cells."""
+    return f"{s['hter']:.2f} | {s['hter'] - windows['whole']:+.2f} | {s['hter'] - whole_hter:+.2f}"
 
 
 if __name__ == "__main__":

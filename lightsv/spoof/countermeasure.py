@@ -150,15 +150,14 @@ class _OnnxCM:
         # a side CM's export also gives its trunk's speaker embedding (lightsv.edge.export.JointEmbedder)
         self.joint = "speaker_embedding" in {o.name for o in self.runner.session.get_outputs()}
 
+    def _run(self, outputs: list[str], wav: np.ndarray) -> list:
+        return self.runner.session.run(outputs, {"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)})
+
     def score(self, wav: np.ndarray) -> float:
-        (out,) = self.runner.session.run(
-            ["embedding"], {"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)}
-        )
+        (out,) = self._run(["embedding"], wav)
         return float(out[0, 0])
 
     def embed_and_score(self, wav: np.ndarray) -> tuple[np.ndarray, float]:
         """(the trunk's speaker embedding, not normalised; the CM's score) of one waveform, one pass."""
-        score, emb = self.runner.session.run(
-            ["embedding", "speaker_embedding"], {"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)}
-        )
+        score, emb = self._run(["embedding", "speaker_embedding"], wav)
         return emb[0].astype(np.float32), float(score[0, 0])

@@ -76,7 +76,7 @@ def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None 
     has vad=False), so both backends see the same input."""
     from lightsv.audio import SAMPLE_RATE
     from lightsv.audio import load as load_audio
-    from lightsv.verifier import repeat_short
+    from lightsv.verifier import _unit, repeat_short
 
     wav = load_audio(clip, sample_rate, min_seconds=verifier.min_seconds)
     speech = verifier._speech(wav, clip)
@@ -85,7 +85,7 @@ def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None 
         return verifier._forward([speech])[0], cm.score_wav(speech), False, seconds
     if cm.backend == "onnx":
         emb, score = cm._backend.embed_and_score(repeat_short([speech])[0])
-        return emb / max(float(np.linalg.norm(emb)), 1e-12), score, True, seconds
+        return _unit(emb), score, True, seconds
     import torch
 
     # the verifier's own input (short clips repeated, as its embedding path does) through the trunk once

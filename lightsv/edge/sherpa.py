@@ -7,8 +7,8 @@ filterbank snips edges, and reaches Nyquist unless the model was trained on sher
 (the shipped model is, since its third generation: `recipes/voxceleb/conf/gen3.yaml`). For a model
 that reads the full band, the graph starts by mapping sherpa's mel energies to lightsv's (a fixed
 non-negative 80 x 80 matrix fitted between the two filter banks: exp, matmul, log); what sherpa's
-features do not see (7.6-8 kHz) cannot be recovered, and was the whole of the difference between the
-two embeddings (framing and edge frames move the cosine by under 0.005). The graph then
+features do not see (7.6-8 kHz) cannot be recovered, and was nearly all of the difference between the
+two embeddings (framing and edge frames move little: README, "sherpa-onnx"). The graph then
 mean-normalises over time as lightsv does and runs the model.
 """
 

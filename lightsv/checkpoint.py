@@ -55,6 +55,48 @@ def update_extra(path: str | os.PathLike, out: str | os.PathLike | None = None, 
     return write_checkpoint(checkpoint, path if out is None else out)
 
 
+def average_models(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Write to `out` the uniform average of the weights of the checkpoints at `paths`: a model soup
+    (Wortsman et al., ICML 2022), or WeSpeaker's averaging of a run's last checkpoints.
+
+    Averaging only makes sense for runs that left one starting point (e.g. several `init_from` cycles of
+    one model): their weights lie in one basin, where the mean is a model too. The checkpoints must
+    build the same model (architecture, tuners such as the transformation module) on the same
+    filterbank, else CheckpointError names the one that differs. The result keeps the first one's
+    training config and records `averaged_from`; integer buffers (batch-norm step counts) come from it too.
+    """
+    if len(paths) < 2:
+        raise CheckpointError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    first, *rest = (read_checkpoint(p) for p in paths)
+    load_model(paths[0])  # the first must build; the others are checked against it
+
+    def identity(c: dict) -> dict:
+        features = c.get("extra", {}).get("training_config", {}).get("features")
+        return {"architecture": (c["model"], c["config"]), "tuners": c.get("tuners"), "filterbank": features}
+
+    for path, checkpoint in zip(paths[1:], rest, strict=True):
+        differ = [k for k, v in identity(checkpoint).items() if v != identity(first)[k]]
+        if differ:
+            raise CheckpointError(f"{path}: its {differ[0]} differs from {paths[0]}'s; only runs of one model average")
+        missing, unexpected, wrong = _compare(first["state_dict"], checkpoint["state_dict"])
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"{path}: its weights do not match {paths[0]}'s ({(missing + unexpected + wrong)[0]})"
+            )
+    state = {}
+    for name, value in first["state_dict"].items():
+        if value.is_floating_point():
+            total = sum(c["state_dict"][name].float() for c in rest) + value.float()
+            state[name] = (total / len(paths)).to(value.dtype)
+        else:
+            state[name] = value
+    # what measured the first model alone does not describe the average
+    measured = ("eer", "min_dcf", "dev_eer", "stage", "steps", "step", "epoch")
+    keep = {k: v for k, v in first.get("extra", {}).items() if k not in measured}
+    averaged = {**first, "state_dict": state, "extra": {**keep, "averaged_from": [str(p) for p in paths]}}
+    return write_checkpoint(averaged, out)
+
+
 def write_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

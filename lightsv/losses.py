@@ -17,21 +17,42 @@ class AAMSoftmax(nn.Module):
     Rows with a negative label (clips without speaker labels) are left out.  `margin` may be changed
     between steps (see `margin_at`).  Without `easy_margin`, where theta + m would pass pi the
     target logit becomes cos(theta) - m*sin(m) instead, which keeps it decreasing in theta.
+
+    `subcenters` K > 1 is sub-center AAM (Deng et al., ECCV 2020; WeSpeaker's SphereFace2/ArcFace
+    "sub-center" heads): each class has K centres and a clip is scored against its nearest one, so a
+    speaker's recordings that differ (a child's and a reading voice, a codec, a room) need not be pulled
+    onto one point, and a mislabelled clip sits on a spare centre instead of dragging the main one.
     """
 
     def __init__(
-        self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0, easy_margin: bool = False
+        self,
+        embed_dim: int,
+        num_classes: int,
+        margin: float = 0.2,
+        scale: float = 30.0,
+        easy_margin: bool = False,
+        subcenters: int = 1,
     ):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"AAM softmax needs at least 2 classes, got {num_classes}")
-        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        if subcenters < 1:
+            raise ConfigError(f"AAM softmax needs at least 1 centre per class, got subcenters={subcenters}")
+        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embed_dim))
         nn.init.xavier_normal_(self.weight)
+        self.num_classes, self.subcenters = num_classes, subcenters
         self.scale, self.easy_margin = scale, easy_margin
         self.margin = margin
 
+    def cosine(self, emb: torch.Tensor) -> torch.Tensor:
+        """[B, classes]: each class's nearest centre."""
+        cosine = F.linear(F.normalize(emb), F.normalize(self.weight))
+        if self.subcenters > 1:
+            cosine = cosine.view(-1, self.num_classes, self.subcenters).amax(dim=2)
+        return cosine
+
     def logits(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cosine = F.linear(F.normalize(emb), F.normalize(self.weight)).clamp(-1.0, 1.0)
+        cosine = self.cosine(emb).clamp(-1.0, 1.0)
         m = self.margin
         sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=0.0))
         phi = cosine * math.cos(m) - sine * math.sin(m)
@@ -53,7 +74,7 @@ class AAMSoftmax(nn.Module):
         logits = self.logits(emb, labels)
         loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
-            plain = F.linear(F.normalize(emb), F.normalize(self.weight))
+            plain = self.cosine(emb)
             accuracy = (plain.argmax(dim=1) == labels).float().mean()
         return loss, accuracy
 

@@ -60,6 +60,7 @@ class LossConfig:
     margin: float = 0.2
     scale: float = 30.0
     easy_margin: bool = False
+    subcenters: int = 1  # > 1: sub-center AAM, K centres per class
     margin_warmup: tuple[float, float] = (0.0, 0.0)  # epochs: margin 0 until the first, full from the second
     distill_weight: float = 0.0
     teacher: str = "cache"  # cache: windows embedded once; online: the teacher embeds every crop as drawn
@@ -325,6 +326,7 @@ def check(c: TrainConfig) -> None:
         "threads": c.threads,
         "optim.lr": c.optim.lr,
         "loss.scale": c.loss.scale,
+        "loss.subcenters": c.loss.subcenters,
         "eval.every": c.eval.every,
         "keep_checkpoints": c.keep_checkpoints,
     }

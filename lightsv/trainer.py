@@ -30,7 +30,7 @@ from torch import nn
 
 from lightsv.audio import SAMPLE_RATE
 from lightsv.augment import Augmenter
-from lightsv.checkpoint import load_model, save_model
+from lightsv.checkpoint import average_models, load_model, save_model
 from lightsv.data import (
     UNLABELED,
     BalancedBatchSampler,
@@ -281,7 +281,14 @@ def train(
     else:
         model = build(c)
     aam = (
-        AAMSoftmax(model.embed_dim, len(speakers) * speed_classes, c.loss.margin, c.loss.scale, c.loss.easy_margin)
+        AAMSoftmax(
+            model.embed_dim,
+            len(speakers) * speed_classes,
+            c.loss.margin,
+            c.loss.scale,
+            c.loss.easy_margin,
+            c.loss.subcenters,
+        )
         if c.loss.aam_weight > 0 and c.spoof is None
         else None
     )
@@ -668,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="folder the trial paths are relative to (default: data.trials_root or data.root)")
     p.add_argument("--manifest", help="csv path,source for per-family results (default: data.manifest)")
     p.add_argument("--out", required=True, help="folder for results.json and det.png")
+    p = sub.add_parser("average", help="average the weights of runs from one starting point (a model soup)")
+    p.add_argument("dest")
+    p.add_argument("models", nargs="+", help="two or more checkpoints of one model on one filterbank")
     p = sub.add_parser("export", help="copy the best model of an experiment folder")
     p.add_argument("exp_dir")
     p.add_argument("dest")
@@ -682,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             print(export(args.exp_dir, args.dest, half=args.half, min_seconds=args.min_seconds))
+            return 0
+        if args.command == "average":
+            print(average_models(args.models, args.dest))
             return 0
         config = load_config(args.config, args.overrides)
         if args.command in ("train", "finetune"):

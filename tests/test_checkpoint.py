@@ -124,3 +124,42 @@ def test_update_extra_keeps_weights_and_other_metadata(tmp_path):
     with pytest.raises(lightsv.CheckpointError):
         lightsv.checkpoint.update_extra(text, threshold=1.0)
     assert text.read_text() == "x"
+
+
+def test_average_models_is_the_mean_of_runs_of_one_model(tmp_path):
+    from lightsv import trainer
+
+    fbank = {"training_config": {"features": {"n_mels": 80}}, "eer": 12.0}
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = transform.apply(lightsv.build_model("amcrn_small"), subsets=2)
+        model.train()(torch.randn(4, 30, 80))  # moves the batch-norm statistics and step counts apart
+        paths.append(lightsv.save_model(model, tmp_path / f"run{seed}.pt", **fbank))
+    assert trainer.main(["average", str(tmp_path / "soup.pt"), *map(str, paths)]) == 0
+    soup, extra = lightsv.load_model(tmp_path / "soup.pt", return_extra=True)
+    states = [read_checkpoint(p)["state_dict"] for p in paths]
+    for name, value in soup.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[name] for s in states) / 3)
+        else:
+            assert torch.equal(value, states[0][name])
+    assert extra == {"training_config": fbank["training_config"], "averaged_from": [str(p) for p in paths]}
+
+    # another architecture, another module, another filterbank or too few runs: a clear error, no file
+    other = {
+        "wider": lightsv.save_model(
+            transform.apply(lightsv.build_model("amcrn_small", embed_dim=64), subsets=2), tmp_path / "w.pt", **fbank
+        ),
+        "tuners": lightsv.save_model(lightsv.build_model("amcrn_small"), tmp_path / "t.pt", **fbank),
+        "filterbank": lightsv.checkpoint.update_extra(
+            paths[1], tmp_path / "f.pt", training_config={"features": {"n_mels": 64}}
+        ),
+    }
+    for what, path in other.items():
+        with pytest.raises(lightsv.CheckpointError, match=str(path.name)):
+            lightsv.checkpoint.average_models([paths[0], path], tmp_path / f"bad_{what}.pt")
+        assert not (tmp_path / f"bad_{what}.pt").exists()
+    with pytest.raises(lightsv.CheckpointError, match="at least two"):
+        lightsv.checkpoint.average_models(paths[:1], tmp_path / "one.pt")
+    assert trainer.main(["average", str(tmp_path / "x.pt"), str(paths[0]), str(tmp_path / "absent.pt")]) == 2

@@ -14,6 +14,7 @@ from lightsv.metrics import (
     TDCF2021Cost,
     det_curve,
     eer,
+    eer_change_ci,
     eer_ci,
     eer_threshold,
     min_dcf,
@@ -305,6 +306,24 @@ def test_scores_error_is_a_value_error():
 
 
 # ----------------------------------------------------------------------------- bootstrap CI
+
+
+def test_eer_change_ci_is_paired():
+    scores, labels = random_trials(5, n=400)
+    # the same scores after a transform that does nothing: no change, and every replicate agrees
+    assert eer_change_ci(scores, scores, labels, n_boot=100) == (0.0, 0.0, 0.0)
+    # a transform that shrinks the targets' margin: the change is the EERs' difference, its interval
+    # holds it, and pairing makes it narrower than either EER's own interval
+    after = scores - 0.5 * labels
+    change, low, high = eer_change_ci(scores, after, labels, n_boot=300, seed=3)
+    assert change == pytest.approx(eer(after, labels) - eer(scores, labels))
+    assert 0 < low < change < high
+    own = eer_ci(after, labels, n_boot=300, seed=3)
+    assert high - low < own[1] - own[0]
+    with pytest.raises(ScoresError, match="same trials"):
+        eer_change_ci(scores, scores[:-1], labels)
+    with pytest.raises(ScoresError, match="NaN"):
+        eer_change_ci(scores, np.where(labels, np.nan, scores), labels)
 
 
 def test_eer_ci_contains_point_and_is_reproducible():

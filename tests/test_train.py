@@ -52,6 +52,31 @@ def test_aam_matches_hand_computation():
     assert aam(emb, torch.tensor([-1]))[0].item() == 0.0
 
 
+def test_subcenter_aam_scores_each_class_by_its_nearest_centre():
+    # class 0 has centres at 0 and pi/2, class 1 at pi and -pi/2: an embedding at 80 degrees is near
+    # class 0's second centre, which a single-centre head (first centres only) would not see
+    sub = AAMSoftmax(2, 2, margin=0.3, scale=2.0, subcenters=2)
+    single = AAMSoftmax(2, 2, margin=0.3, scale=2.0)
+    with torch.no_grad():
+        sub.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+        single.weight.copy_(sub.weight[[0, 2]])
+    a = math.radians(80)
+    emb = torch.tensor([[math.cos(a), math.sin(a)]])
+    assert sub.cosine(emb)[0].tolist() == pytest.approx([math.cos(math.pi / 2 - a), -math.cos(a)], abs=1e-6)
+    assert single.cosine(emb)[0].tolist() == pytest.approx([math.cos(a), -math.cos(a)], abs=1e-6)
+    loss, acc = sub(emb, torch.tensor([0]))
+    target, other = 2.0 * math.cos(math.pi / 2 - a + 0.3), -2.0 * math.cos(a)
+    assert loss.item() == pytest.approx(-target + math.log(math.exp(target) + math.exp(other)), rel=1e-5)
+    assert acc.item() == 1.0
+    # a gradient reaches only the centre that won
+    loss.backward()
+    assert sub.weight.grad is not None
+    assert sub.weight.grad[1].abs().sum() > 0 and sub.weight.grad[2].abs().sum() > 0
+    assert sub.weight.grad[0].abs().sum() == 0 and sub.weight.grad[3].abs().sum() == 0
+    with pytest.raises(ConfigError, match="subcenters"):
+        AAMSoftmax(2, 2, subcenters=0)
+
+
 def test_margin_warmup_and_distill_loss():
     assert [margin_at(e, 0.2, (1.0, 3.0)) for e in (0.5, 1.0, 2.0, 3.0, 9.0)] == pytest.approx([0, 0, 0.1, 0.2, 0.2])
     assert margin_at(0.0, 0.2) == 0.2
@@ -243,6 +268,7 @@ def test_bad_configs_raise_config_error(tmp_path):
         "not a mapping": "- 1\n",
         "bad yaml": "data: [\n",
         "negative": good + "max_minutes: -1\n",
+        "no centres": good + "loss: {subcenters: 0}\n",
     }
     for _name, text in cases.items():
         with pytest.raises(ConfigError):
@@ -400,6 +426,10 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     assert _same(_weights(first.model), _weights(resumed.model))
     other_seed = trainer.train(_config(corpus, seed=6), tmp_path / "d", progress=False)
     assert not _same(_weights(first.model), _weights(other_seed.model))
+    # sub-center AAM: the head the trainer keeps has three centres per class
+    trainer.train(_config(corpus, **{"loss.subcenters": 3}), tmp_path / "f", progress=False)
+    one, three = (torch.load(tmp_path / d / "heads.pt", weights_only=True)["aam"]["weight"] for d in "af")
+    assert three.shape == (3 * one.shape[0], one.shape[1])
 
     # with a trial list: dev model selection, results.json and a model lightsv.load_model reads
     evaluated = trainer.train(

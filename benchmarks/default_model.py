@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         macs=peer["macs_per_second"] / ours["macs_per_second"],
     )
     meta = {
-        "command": "python benchmarks/default_model.py",
+        "command": " ".join(["python benchmarks/default_model.py", *sys.argv[1:]]),
         "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
         "lists": list(lists),
         "segments_seconds": list(SEGMENTS),

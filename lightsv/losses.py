@@ -18,8 +18,8 @@ class AAMSoftmax(nn.Module):
     between steps (see `margin_at`).  Without `easy_margin`, where theta + m would pass pi the
     target logit becomes cos(theta) - m*sin(m) instead, which keeps it decreasing in theta.
 
-    `subcenters` K > 1 is sub-center AAM (Deng et al., ECCV 2020; WeSpeaker's SphereFace2/ArcFace
-    "sub-center" heads): each class has K centres and a clip is scored against its nearest one, so a
+    `subcenters` K > 1 is sub-center AAM (sub-center ArcFace, Deng et al., ECCV 2020): each class has
+    K centres (rows c*K .. c*K+K-1 of `weight`) and a clip is scored against its nearest one, so a
     speaker's recordings that differ (a child's and a reading voice, a codec, a room) need not be pulled
     onto one point, and a mislabelled clip sits on a spare centre instead of dragging the main one.
     """

@@ -64,20 +64,20 @@ def main() -> None:
     systems = list(scores["original"])
     asv = asv_scores(dev)
     n = len(dev)
+    labels = np.array([e.label for e in dev])
+    pooled = np.r_[labels, np.full(len(extra_bona), BONAFIDE)]  # dev, then the speech corpus's bona fide
     rows = {}
     for name in systems:
         s = scores["original"][name]
         res = evaluate_scores(s[:n], dev, asv, bootstrap=1000, asv_threshold="official")
-        labels = np.array([e.label for e in dev])
         spoof = s[:n][labels != BONAFIDE]
         speech_bona = s[n:]
         res["speech_bonafide_eer"] = metrics.eer(
             np.r_[speech_bona, spoof], np.r_[np.ones(len(speech_bona)), np.zeros(len(spoof))]
         )
-        res["pooled_bonafide_eer"] = metrics.eer(s, np.r_[labels, np.full(len(extra_bona), BONAFIDE)])
+        res["pooled_bonafide_eer"] = metrics.eer(s, pooled)
         # the goal's check on the spoof set's dev split (22 bona fide: one clip is 4.5 points), then the
         # same with the speech corpus's bona fide added (182), where a change has a finer resolution
-        pooled = np.r_[labels, np.full(len(extra_bona), BONAFIDE)]
         res["invariance"], res["invariance_pooled"] = {}, {}
         for cond in conditions:
             if cond == "original":

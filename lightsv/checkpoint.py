@@ -74,8 +74,9 @@ def average_models(paths: list[str | os.PathLike], out: str | os.PathLike) -> Pa
         features = c.get("extra", {}).get("training_config", {}).get("features")
         return {"architecture": (c["model"], c["config"]), "tuners": c.get("tuners"), "filterbank": features}
 
+    want = identity(first)
     for path, checkpoint in zip(paths[1:], rest, strict=True):
-        differ = [k for k, v in identity(checkpoint).items() if v != identity(first)[k]]
+        differ = [k for k, v in identity(checkpoint).items() if v != want[k]]
         if differ:
             raise CheckpointError(f"{path}: its {differ[0]} differs from {paths[0]}'s; only runs of one model average")
         missing, unexpected, wrong = _compare(first["state_dict"], checkpoint["state_dict"])

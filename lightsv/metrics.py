@@ -183,6 +183,13 @@ def threshold_at_far(scores, labels, far: float) -> float:
     return float(thresholds[np.argmax(fpr <= far)])
 
 
+def _check_bootstrap(n_boot: int, alpha: float) -> None:
+    if n_boot < 1:
+        raise ScoresError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ScoresError(f"alpha must be in (0, 1), got {alpha}")
+
+
 def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, groups=None) -> tuple[float, float]:
     """Percentile bootstrap ``(1 - alpha)`` confidence interval of the EER, in percent.
 
@@ -191,10 +198,7 @@ def eer_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
     speaker), whole groups are resampled instead: trials of one speaker are not independent, so a
     small dev set's interval is wider, and honest, this way.
     """
-    if n_boot < 1:
-        raise ScoresError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < alpha < 1.0:
-        raise ScoresError(f"alpha must be in (0, 1), got {alpha}")
+    _check_bootstrap(n_boot, alpha)
     tar, non = _split(scores, labels)
     rng = np.random.default_rng(seed)
     if groups is not None:
@@ -216,10 +220,7 @@ def eer_change_ci(
     change, far narrower than two separate intervals would suggest, and on a small set it says whether
     a change is more than the resolution of a few trials.
     """
-    if n_boot < 1:
-        raise ScoresError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < alpha < 1.0:
-        raise ScoresError(f"alpha must be in (0, 1), got {alpha}")
+    _check_bootstrap(n_boot, alpha)
     before, after = _as_scores(before, "before"), _as_scores(after, "after")
     if before.shape != after.shape:
         raise ScoresError(f"before and after must score the same trials: {before.size} vs {after.size}")

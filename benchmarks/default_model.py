@@ -31,9 +31,9 @@ import lightsv
 from lightsv import metrics
 from lightsv.audio import central_crop
 from lightsv.data import read_trials
-from lightsv.evaluation import families
 from lightsv.plots import det_plot
 from lightsv.profile import EXTRA_FLOP_FORMULAS
+from lightsv.train.evaluation import families
 from lightsv.verifier import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ import numpy as np
 
 from lightsv import metrics
 from lightsv.data import read_trials
-from lightsv.evaluation import families
 from lightsv.plots import det_plot
+from lightsv.train.evaluation import families
 from lightsv.verifier import Verifier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -100,7 +100,7 @@ def train(args: argparse.Namespace) -> None:
     for v in todo:
         out = EXP / v.name
         out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "lightsv.trainer", "train", str(CONFIG), str(out)]
+        cmd = [sys.executable, "-m", "lightsv.train", "train", str(CONFIG), str(out)]
         cmd += [arg for o in v.overrides() for arg in ("--set", o)]
         print(f"training {v.name}", flush=True)
         with open(out / "train.out", "a") as log:
@@ -135,8 +135,8 @@ def accuracy(model, features, speech: Path, bootstrap: int) -> dict:
     from lightsv import metrics
     from lightsv.audio import central_crop, load
     from lightsv.data import read_trials
-    from lightsv.evaluation import extract, families
     from lightsv.features import Fbank
+    from lightsv.train.evaluation import extract, families
     from lightsv.verifier import embed_batch
 
     family = families(speech / "manifest.csv")

@@ -523,11 +523,11 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from lightsv import trainer
+    from lightsv.train.cli import main
 
     argv = ["train", args.config, *([args.out_dir] if args.out_dir else [])]
     argv += [a for o in args.overrides for a in ("--set", o)] + (["--no-resume"] if args.no_resume else [])
-    return trainer.main(argv)
+    return main(argv)
 
 
 def _add_export(parser: argparse.ArgumentParser) -> None:

@@ -132,7 +132,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     A clip shorter than the crop is joined with other clips of the same speaker (`short="join"`;
     unlabeled clips and single-clip speakers fall back to repeating) or repeated (`short="repeat"`).
-    `augment(wav, rng)` and `speed(rng)` come from lightsv.augment; `target(segments)` (the teacher)
+    `augment(wav, rng)` and `speed(rng)` come from lightsv.train.augment; `target(segments)` (the teacher)
     maps the crop to a teacher embedding.  With `keep_clean` the crop before `augment` (after any
     speed change) comes too, for a teacher run in the training loop.  Items: wav [N] float32, label,
     target [D], target weight, clean wav [N] (empty without `keep_clean`).
@@ -198,7 +198,7 @@ class CropDataset(torch.utils.data.Dataset):
         need = int(math.ceil(crop * factor))
         wav, segments = self._crop(index, need, rng, join=self.short == "join" and clip.label != UNLABELED)
         if factor != 1.0:
-            from lightsv.augment import change_speed
+            from lightsv.train.augment import change_speed
 
             wav = change_speed(wav, factor, crop)
         clean = np.ascontiguousarray(wav, np.float32) if self.keep_clean else np.zeros(0, np.float32)

@@ -127,7 +127,7 @@ def test_update_extra_keeps_weights_and_other_metadata(tmp_path):
 
 
 def test_average_models_is_the_mean_of_runs_of_one_model(tmp_path):
-    from lightsv import trainer
+    from lightsv import train as trainer
 
     fbank = {"training_config": {"features": {"n_mels": 80}}, "eer": 12.0}
     paths = []

@@ -24,11 +24,13 @@ from importers_fixtures import (
 from test_train import corpus as training_corpus
 
 import lightsv
-from lightsv import train_config, trainer, transform
+from lightsv import train as trainer
+from lightsv import transform
 from lightsv.audio import load
 from lightsv.cli import main
 from lightsv.errors import CheckpointError, ConfigError
 from lightsv.importers import import_model
+from lightsv.train import config as train_config
 from lightsv.verifier import EXAMPLES
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -246,6 +246,6 @@ def test_missing_or_foreign_pretrained_directory_is_a_clear_error(tmp_path):
 
 
 def test_core_import_does_not_import_transformers():
-    code = "import sys, lightsv, lightsv.trainer; print('transformers' in sys.modules or 'peft' in sys.modules)"
+    code = "import sys, lightsv, lightsv.train; print('transformers' in sys.modules or 'peft' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

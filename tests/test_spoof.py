@@ -14,8 +14,8 @@ import lightsv  # noqa: E402
 import lightsv.metrics  # noqa: E402
 from lightsv.errors import ConfigError  # noqa: E402
 from lightsv.spoof import BONAFIDE, SPOOF, evaluate_cm, read_protocol  # noqa: E402
-from lightsv.train_config import config_from_dict  # noqa: E402
-from lightsv.trainer import export, main, train  # noqa: E402
+from lightsv.train import export, main, train  # noqa: E402
+from lightsv.train.config import config_from_dict  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,22 @@ def test_both_protocol_forms_read_the_same(corpus):
     ]
     assert {e.system for e in csv_entries} == {"bonafide", "A01", "A02"}
     assert len(read_protocol(corpus / "protocol.csv", corpus, "dev")) == 6
+
+
+def test_balance_systems_draws_each_spoofing_system_equally():
+    from collections import Counter
+
+    from lightsv.spoof.data import Entry, balance_systems
+
+    protocol = [Entry(f"b{i}", "s", "bonafide", BONAFIDE) for i in range(3)]
+    protocol += [Entry(f"big{i}", "s", "A01", SPOOF) for i in range(7)]
+    protocol += [Entry(f"small{i}", "s", "A02", SPOOF) for i in range(3)]
+    out = balance_systems(protocol)
+    assert Counter(e.system for e in out) == {"bonafide": 3, "A01": 7, "A02": 7}
+    assert Counter(e.path for e in out if e.system == "A02") == {"small0": 3, "small1": 2, "small2": 2}
+    assert [e for e in out if e.system == "A01"] == protocol[3:10]
+    bona_only = [e for e in protocol if e.label == BONAFIDE]
+    assert balance_systems(bona_only) == bona_only
 
 
 def test_bad_protocols_are_clear_errors(corpus, tmp_path):
@@ -183,7 +199,7 @@ def test_config_errors_for_tuners(corpus):
     with pytest.raises(ConfigError, match="spoof.protocol"):
         config_from_dict({"data": {"root": str(corpus)}, "spoof": {"protocol": str(corpus / "absent.csv")}})
     with pytest.raises(ConfigError, match="no module of SSLModel matches"):
-        from lightsv.train_config import build
+        from lightsv.train.config import build
 
         build(config(corpus, "tuners", [{"kind": "lora", "options": {"targets": ["query"]}}]))
 

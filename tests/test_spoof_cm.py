@@ -62,7 +62,7 @@ def side_cm(tmp_path_factory):
     torch.manual_seed(0)
     model = lightsv.build_model("spoof_side", channels=8, dilations=[2], attention_channels=8)
     path = tmp_path_factory.mktemp("cm") / "cm.pt"
-    # on the trunk's own filterbank, as the trainer makes a side CM learn (lightsv.train_config)
+    # on the trunk's own filterbank, as the trainer makes a side CM learn (lightsv.train.config)
     features = dataclasses.asdict(lightsv.Verifier.load().fbank.config)
     lightsv.save_model(model, path, calibration={"eer_threshold": 0.0}, features=features)
     return path
@@ -108,7 +108,7 @@ def test_spoof_check_shares_one_trunk_pass_and_rejects_spoofs(side_cm, speech_cl
 
 
 def test_a_side_cm_learns_on_its_trunks_filterbank_and_shares_the_pass_only_then(side_cm, speech_clip, tmp_path):
-    from lightsv import train_config
+    from lightsv.train import config as train_config
 
     trunk = lightsv.Verifier.load().fbank.config
     (tmp_path / "wav").mkdir()

@@ -16,11 +16,14 @@ import soundfile as sf
 import torch
 import torch.multiprocessing as mp
 
-from lightsv import augment, data, distributed, evaluation, train_config, trainer
+from lightsv import data
+from lightsv import train as trainer
 from lightsv.errors import ConfigError
 from lightsv.features import Fbank
-from lightsv.losses import AAMSoftmax, DistillLoss, margin_at
-from lightsv.teacher import TeacherCache, build_cache
+from lightsv.train import augment, distributed, evaluation, loop
+from lightsv.train import config as train_config
+from lightsv.train.losses import AAMSoftmax, DistillLoss, margin_at
+from lightsv.train.teacher import TeacherCache, build_cache
 
 RATE = 16000
 
@@ -395,12 +398,12 @@ def _same(a, b):
 def test_steps_reduce_the_loss(corpus):
     config = _config(corpus)
     torch.manual_seed(0)
-    clips, speakers = trainer.training_clips(config)
+    clips, speakers = loop.training_clips(config)
     cache = TeacherCache.load(config.loss.teacher_cache)
     dataset = data.CropDataset(clips, 1.5, target=cache.target, target_dim=cache.dim)
     wav, labels, targets, weights, clean = data.collate([dataset[(i, i)] for i in range(len(clips))])
     model = train_config.build(config)
-    objective = trainer.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
+    objective = loop.Objective(model, AAMSoftmax(32, len(speakers)), DistillLoss(32, cache.dim), 0.5, 1.0)
     feats, _ = Fbank()(wav)
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.01)
     losses = []
@@ -495,7 +498,7 @@ def test_two_process_gloo_training_and_extraction(corpus, tmp_path):
 def test_online_teacher_reproduces_resemblyzer(speech_clip):
     audio = pytest.importorskip("resemblyzer.audio")
     from lightsv.audio import load
-    from lightsv.teacher import OnlineTeacher
+    from lightsv.train.teacher import OnlineTeacher
 
     wav = load(speech_clip[0])[: 3 * RATE]
     teacher = OnlineTeacher()

@@ -2,7 +2,7 @@
 shipped countermeasure and spoofing-aware verification.
 
 A countermeasure is any lightsv model with one output (the logit of bona fide; higher = more bona
-fide, as in ASVspoof), trained by `lightsv.trainer` when the config has a `spoof:` section.
+fide, as in ASVspoof), trained by `lightsv.train` when the config has a `spoof:` section.
 Names load on first use, so the torch-free runtime can use `Countermeasure` without importing torch.
 """
 

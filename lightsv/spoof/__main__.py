@@ -9,7 +9,7 @@ from collections import Counter
 
 from lightsv.errors import LightsvError
 from lightsv.spoof.data import entries
-from lightsv.train_config import load_config
+from lightsv.train.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

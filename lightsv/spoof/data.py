@@ -102,10 +102,31 @@ class SpoofConfig:
     dev_protocol: str | None = None  # default: `protocol`
     dev_split: str | None = "dev"  # null: every entry of dev_protocol
     asv: str | None = "default"  # speaker model scoring the ASV trials of the t-DCF (a checkpoint); null: no t-DCF
+    # Training draws every spoofing system equally often (small systems' clips repeated), so the
+    # largest systems do not decide what "spoof" means; bona fide entries are untouched.
+    balance_systems: bool = False
+
+
+def balance_systems(entries: list[Entry]) -> list[Entry]:
+    """Each spoofing system's entries repeated (whole copies, then the first ones again) up to the
+    largest system's count; bona fide entries once."""
+    by_system: dict[str, list[Entry]] = {}
+    for e in entries:
+        if e.label == SPOOF:
+            by_system.setdefault(e.system, []).append(e)
+    if not by_system:
+        return list(entries)
+    most = max(len(v) for v in by_system.values())
+    out = [e for e in entries if e.label == BONAFIDE]
+    for items in by_system.values():
+        out += (items * (most // len(items) + 1))[:most]
+    return out
 
 
 def entries(config: SpoofConfig, root: str | os.PathLike, which: str) -> list[Entry]:
-    """The "train" or "dev" entries a config describes."""
+    """The "train" or "dev" entries a config describes (train entries balanced over spoofing systems
+    when the config asks)."""
     if which == "train":
-        return read_protocol(config.protocol, root, config.train_split)
+        train = read_protocol(config.protocol, root, config.train_split)
+        return balance_systems(train) if config.balance_systems else train
     return read_protocol(config.dev_protocol or config.protocol, root, config.dev_split)

@@ -13,7 +13,7 @@ shared=../../../shared/data              # spoof/ and speech/ corpora
 config=conf/lora.yaml
 exp=                                     # default: ../../exp/spoof/<config name>
 nproc=1                                  # processes (torchrun) for training
-overrides=()                             # --set key=value, passed to every lightsv.trainer call
+overrides=()                             # --set key=value, passed to every lightsv.train call
 
 . ../tools/parse_options.sh
 exp=${exp:-../../exp/spoof/$(basename "$config" .yaml)}
@@ -40,11 +40,11 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   echo "stage 3: dev evaluation (EER, t-DCF) and DET plot"
-  python -m lightsv.trainer evaluate "$config" "$exp/model.pt" --out "$exp/eval" "${overrides[@]}"
+  python -m lightsv.train evaluate "$config" "$exp/model.pt" --out "$exp/eval" "${overrides[@]}"
   echo "results: $exp/eval/results.{json,md}, DET plot: $exp/eval/det.png"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   echo "stage 4: export (LoRA merged into its base weights, float16)"
-  python -m lightsv.trainer export "$exp" "$exp/final.pt" --half
+  python -m lightsv.train export "$exp" "$exp/final.pt" --half
 fi

@@ -1,5 +1,5 @@
 # Sourced by the recipes' run.sh after their defaults: `--name value` sets an existing variable `name`
-# (an unknown one is an error), `--set key=value` appends to the `overrides` array for lightsv.trainer.
+# (an unknown one is an error), `--set key=value` appends to the `overrides` array for lightsv.train.
 while [ $# -gt 0 ]; do
   case "$1" in
     --set) overrides+=(--set "$2"); shift 2 ;;

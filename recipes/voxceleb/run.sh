@@ -17,7 +17,7 @@ dest=                                    # stage 5 copies the selected model her
 trials=$shared/speech/trials_dev.txt     # stages 5 and 6 calibrate the decision thresholds on these trials
 min_seconds=0.5                          # stage 5: shortest clip the exported model accepts
 trials_root=$shared/speech/wav
-overrides=()                             # --set key=value, passed to every lightsv.trainer call
+overrides=()                             # --set key=value, passed to every lightsv.train call
 
 . ../tools/parse_options.sh
 exp=${exp:-../../exp/voxceleb/$(basename "$config" .yaml)}
@@ -38,7 +38,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   # the dev lists pooled, for configs that select the model on all of them (gen2.yaml)
   cat "$shared"/speech/trials_dev.txt "$shared"/speech/trials_dev_ocean.txt "$shared"/speech/trials_dev_words.txt \
       > "$datadir/trials_dev_all.txt"
-  python -m lightsv.trainer teacher "$config" "${overrides[@]}"
+  python -m lightsv.train teacher "$config" "${overrides[@]}"
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
@@ -64,7 +64,7 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   echo "stage 5: export the model with the lower dev EER (float16 weights) and calibrate its thresholds"
-  python -m lightsv.trainer export "$exp" "$exp/final.pt" --half --min-seconds "$min_seconds"
+  python -m lightsv.train export "$exp" "$exp/final.pt" --half --min-seconds "$min_seconds"
   # decision thresholds at the EER point and at false-accept rates of 1 % and 0.1 %, stored in the model
   lightsv score "$trials" --wav-root "$trials_root" --model "$exp/final.pt" --calibrate "$exp/final.pt" \
       --json --plot "$exp/final_det.png" > "$exp/final_score.json"

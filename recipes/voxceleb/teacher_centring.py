@@ -4,7 +4,7 @@ plain cosine against cosine after subtracting its mean dev embedding, overall an
     python teacher_centring.py        # writes results/teacher_centring.json
 
 Needs the teacher extra (python -m lightsv.extras teacher) and the corpus beside the repository.
-Embeddings are lightsv.teacher.OnlineTeacher's (resemblyzer's encoder and mel, no silence trimming).
+Embeddings are lightsv.train.teacher.OnlineTeacher's (resemblyzer's encoder and mel, no silence trimming).
 """
 
 import json
@@ -18,8 +18,8 @@ from tqdm import tqdm
 from lightsv import metrics
 from lightsv.audio import load
 from lightsv.data import read_trials
-from lightsv.evaluation import families
-from lightsv.teacher import OnlineTeacher
+from lightsv.train.evaluation import families
+from lightsv.train.teacher import OnlineTeacher
 
 SPEECH = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech"
 OUT = Path(__file__).resolve().parent / "results" / "teacher_centring.json"

@@ -14,10 +14,10 @@ from torch import nn
 from lightsv import metrics
 from lightsv.audio import SAMPLE_RATE, load
 from lightsv.data import read_trials
-from lightsv.distributed import Context
 from lightsv.errors import ConfigError
 from lightsv.features import Fbank, FbankConfig
-from lightsv.train_config import EvalConfig
+from lightsv.train.config import EvalConfig
+from lightsv.train.distributed import Context
 from lightsv.verifier import embed_batch
 
 

@@ -19,11 +19,11 @@ from torch import nn
 
 import lightsv.peft  # noqa: F401  (registers the tuners a config may name)
 from lightsv import transform
-from lightsv.augment import AugmentConfig
 from lightsv.errors import ConfigError
 from lightsv.features import FbankConfig
 from lightsv.models import build_model
 from lightsv.spoof.data import SpoofConfig
+from lightsv.train.augment import AugmentConfig
 from lightsv.tuners import TUNERS, replay
 
 

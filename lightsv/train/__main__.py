@@ -1,0 +1,3 @@
+from lightsv.train.cli import main
+
+raise SystemExit(main())

@@ -11,7 +11,7 @@ import torch
 
 import lightsv
 from lightsv.cli import main
-from lightsv.errors import ConfigError
+from lightsv.errors import CheckpointError, ConfigError
 from lightsv.spoof.countermeasure import Countermeasure
 from lightsv.spoof.shortcuts import (
     ShortcutAugment,
@@ -79,6 +79,35 @@ def test_side_cm_trains_only_its_side_network_and_keeps_the_trunk_in_eval(side_c
     # the checkpoint rebuilds its trunk from its own config: no speaker checkpoint needed
     config = model.config
     assert config.trunk_config is not None and config.trunk_id.startswith("sha256:")
+
+
+def test_ensemble_averages_the_members_logits_on_one_trunk_pass(side_cm, tmp_path):
+    from lightsv.checkpoint import read_checkpoint
+    from lightsv.spoof.models import ensemble
+
+    torch.manual_seed(1)
+    other = lightsv.build_model("spoof_side", channels=8, dilations=[2], attention_channels=8)
+    features = read_checkpoint(side_cm)["extra"]["features"]
+    lightsv.save_model(other, tmp_path / "b.pt", features=features)
+    joined = lightsv.load_model(ensemble([side_cm, tmp_path / "b.pt"], tmp_path / "joint.pt"))
+    a, b = lightsv.load_model(side_cm), lightsv.load_model(tmp_path / "b.pt")
+    feats = torch.randn(2, 150, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(joined(feats), (a(feats) + b(feats)) / 2)
+        torch.testing.assert_close(joined.joint(feats)[0], a.joint(feats)[0])  # the same speaker embedding
+    assert joined.config.members == 2 and joined.config.trunk_id == a.config.trunk_id
+    with pytest.raises(CheckpointError, match="at least two"):
+        ensemble([side_cm], tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="joint.pt: not a single side-network"):
+        ensemble([side_cm, tmp_path / "joint.pt"], tmp_path / "x.pt")
+    lightsv.save_model(other, tmp_path / "c.pt", features={**features, "n_mels": 64})
+    with pytest.raises(CheckpointError, match="c.pt: its filterbank differs"):
+        ensemble([side_cm, tmp_path / "c.pt"], tmp_path / "x.pt")
+    other.config.trunk_id = "sha256:0000000000000000"
+    lightsv.save_model(other, tmp_path / "d.pt", features=features)
+    with pytest.raises(CheckpointError, match="d.pt: its trunk differs"):
+        ensemble([side_cm, tmp_path / "d.pt"], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_countermeasure_needs_a_threshold(side_cm, tmp_path):

@@ -194,6 +194,61 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*.pt"))
 
 
+def _data(c: TrainConfig, ctx: Context, clips: list[Clip], num_labels: int, cache, online: bool):
+    """The training crops and their batches: (dataset, sampler, loader, steps per epoch, label
+    classes per speaker: speed-perturbed copies count as new speakers)."""
+    n_labelled = sum(clip.label != UNLABELED for clip in clips)
+    aug = c.augment
+    speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
+    dataset = CropDataset(
+        clips,
+        c.crop_seconds,
+        short=c.short_clips,
+        preload=c.data.preload,
+        target=cache.target if cache else None,
+        target_dim=cache.dim if cache else 0,
+        num_labels=num_labels,
+        keep_clean=online,
+    )
+    augmenter = Augmenter(aug, babble=lambda rng, n: dataset.random_crop(rng, n))
+    dataset.augment = augmenter if augmenter.enabled else None
+    dataset.speed = augmenter.speed if aug.speed_prob > 0 else None
+    crop_range = None
+    if c.crop_min_seconds:
+        crop_range = (int(round(c.crop_min_seconds * SAMPLE_RATE)), int(round(c.crop_seconds * SAMPLE_RATE)))
+    steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
+    sampler = BalancedBatchSampler(
+        [clip.label for clip in clips],
+        c.batch_size,
+        steps,
+        per_speaker=c.per_speaker,
+        unlabeled=c.unlabeled_per_batch,
+        seed=c.seed,
+        rank=ctx.rank,
+        world_size=ctx.world,
+        crop_range=crop_range,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=c.data.workers, persistent_workers=False
+    )
+    return dataset, sampler, loader, steps, speed_classes
+
+
+def _optimizer(c: TrainConfig, params: list[nn.Parameter], steps: int):
+    """The optimizer and its per-step learning-rate schedule (warm-up, then the configured decay)."""
+    optimizer: torch.optim.Optimizer
+    if c.optim.name == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=c.optim.lr, momentum=c.optim.momentum, weight_decay=c.optim.weight_decay, nesterov=True
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(c.optim, c.epochs * steps, int(round(c.optim.warmup_epochs * steps)))
+    )
+    return optimizer, scheduler
+
+
 @dataclass
 class Trained:
     model: nn.Module
@@ -223,40 +278,7 @@ def train(
     cache = teacher_cache(c, clips, ctx, progress) if c.loss.distill_weight > 0 and not online else None
     if cache is not None and c.loss.teacher_center:
         cache.centre()
-    aug = c.augment
-    speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
-    dataset = CropDataset(
-        clips,
-        c.crop_seconds,
-        short=c.short_clips,
-        preload=c.data.preload,
-        target=cache.target if cache else None,
-        target_dim=cache.dim if cache else 0,
-        num_labels=len(speakers),
-        keep_clean=online,
-    )
-    augmenter = Augmenter(aug, babble=lambda rng, n: dataset.random_crop(rng, n))
-    dataset.augment = augmenter if augmenter.enabled else None
-    dataset.speed = augmenter.speed if aug.speed_prob > 0 else None
-    crop_range = None
-    if c.crop_min_seconds:
-        crop_range = (int(round(c.crop_min_seconds * SAMPLE_RATE)), int(round(c.crop_seconds * SAMPLE_RATE)))
-    steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
-    sampler = BalancedBatchSampler(
-        [clip.label for clip in clips],
-        c.batch_size,
-        steps,
-        per_speaker=c.per_speaker,
-        unlabeled=c.unlabeled_per_batch,
-        seed=c.seed,
-        rank=ctx.rank,
-        world_size=ctx.world,
-        crop_range=crop_range,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=c.data.workers, persistent_workers=False
-    )
-
+    dataset, sampler, loader, steps, speed_classes = _data(c, ctx, clips, len(speakers), cache, online)
     teacher = None
     if online:
         from lightsv.train.teacher import OnlineTeacher
@@ -301,17 +323,7 @@ def train(
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer
-    if c.optim.name == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=c.optim.lr, momentum=c.optim.momentum, weight_decay=c.optim.weight_decay, nesterov=True
-        )
-    total_steps = c.epochs * steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(c.optim, total_steps, int(round(c.optim.warmup_epochs * steps)))
-    )
+    optimizer, scheduler = _optimizer(c, params, steps)
 
     state: dict[str, Any] = {
         "epoch": 0,

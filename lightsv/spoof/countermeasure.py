@@ -6,8 +6,9 @@
     cm.is_bonafide(s)                          # against the calibrated threshold
 
 A countermeasure file is a lightsv checkpoint (or its ONNX export) whose model has one output and
-whose `calibration` was made on bona fide (label 1) / spoof (label 0) scores. The shipped one is a
-side network on the shipped speaker model's frozen trunk (`lightsv.spoof.models.SideCM`): with
+whose `calibration` was made on bona fide (label 1) / spoof (label 0) scores. The shipped one is two
+side networks (their mean logit) on the shipped speaker model's frozen trunk
+(`lightsv.spoof.models.SideCM`, joined by `lightsv.spoof.models.ensemble`): with
 `backend="torch"` and the shipped speaker model, a verifier runs that trunk once for both.
 """
 

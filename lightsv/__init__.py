@@ -4,8 +4,6 @@ Importing lightsv does not import torch: the torch-backed names (models, checkpo
 transformation module) load on first use, so the onnx runtime works where torch is not installed.
 """
 
-import importlib
-
 from lightsv.errors import (
     AudioError,
     CheckpointError,
@@ -16,6 +14,7 @@ from lightsv.errors import (
     ThresholdError,
     UnknownSpeakerError,
 )
+from lightsv.lazy import lazy_names
 from lightsv.verifier import Verifier
 
 __version__ = "0.1.0"
@@ -31,17 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'lightsv' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name])
-    value = module if module.__name__.endswith("." + name) else getattr(module, name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

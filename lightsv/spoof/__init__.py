@@ -6,26 +6,22 @@ fide, as in ASVspoof), trained by `lightsv.train` when the config has a `spoof:`
 Names load on first use, so the torch-free runtime can use `Countermeasure` without importing torch.
 """
 
-import importlib
+from lightsv.lazy import lazy_names
 
 _NAMES = {
-    "BONAFIDE": "data",
-    "SPOOF": "data",
-    "Entry": "data",
-    "read_protocol": "data",
-    "asv_scores": "evaluate",
-    "cm_scores": "evaluate",
-    "evaluate_cm": "evaluate",
-    "evaluate_scores": "evaluate",
-    "Countermeasure": "countermeasure",
-    "SpoofAwareVerification": "sasv",
+    "BONAFIDE": "lightsv.spoof.data",
+    "SPOOF": "lightsv.spoof.data",
+    "Entry": "lightsv.spoof.data",
+    "read_protocol": "lightsv.spoof.data",
+    "asv_scores": "lightsv.spoof.evaluate",
+    "cm_scores": "lightsv.spoof.evaluate",
+    "evaluate_cm": "lightsv.spoof.evaluate",
+    "evaluate_scores": "lightsv.spoof.evaluate",
+    "Countermeasure": "lightsv.spoof.countermeasure",
+    "SpoofAwareVerification": "lightsv.spoof.sasv",
 }
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'lightsv.spoof' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lightsv.spoof.{_NAMES[name]}"), name)
-
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
 
 __all__ = sorted(_NAMES)

@@ -8,7 +8,7 @@ The names below load on first use, so importing one submodule (say `lightsv.trai
 import the whole loop.
 """
 
-import importlib
+from lightsv.lazy import lazy_names
 
 _LAZY = {
     "TrainConfig": "lightsv.train.config",
@@ -23,16 +23,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'lightsv.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)

@@ -194,10 +194,9 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*.pt"))
 
 
-def _data(c: TrainConfig, ctx: Context, clips: list[Clip], num_labels: int, cache, online: bool):
-    """The training crops and their batches: (dataset, sampler, loader, steps per epoch, label
+def _data(c: TrainConfig, ctx: Context, clips: list[Clip], num_labels: int, steps: int, cache, online: bool):
+    """The training crops and their batches of `steps` per epoch: (dataset, sampler, loader, label
     classes per speaker: speed-perturbed copies count as new speakers)."""
-    n_labelled = sum(clip.label != UNLABELED for clip in clips)
     aug = c.augment
     speed_classes = 1 + (len(aug.speeds) if aug.speed_prob > 0 and aug.speed_as_new_speakers else 0)
     dataset = CropDataset(
@@ -216,7 +215,6 @@ def _data(c: TrainConfig, ctx: Context, clips: list[Clip], num_labels: int, cach
     crop_range = None
     if c.crop_min_seconds:
         crop_range = (int(round(c.crop_min_seconds * SAMPLE_RATE)), int(round(c.crop_seconds * SAMPLE_RATE)))
-    steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
     sampler = BalancedBatchSampler(
         [clip.label for clip in clips],
         c.batch_size,
@@ -231,7 +229,7 @@ def _data(c: TrainConfig, ctx: Context, clips: list[Clip], num_labels: int, cach
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=c.data.workers, persistent_workers=False
     )
-    return dataset, sampler, loader, steps, speed_classes
+    return dataset, sampler, loader, speed_classes
 
 
 def _optimizer(c: TrainConfig, params: list[nn.Parameter], steps: int):
@@ -278,7 +276,8 @@ def train(
     cache = teacher_cache(c, clips, ctx, progress) if c.loss.distill_weight > 0 and not online else None
     if cache is not None and c.loss.teacher_center:
         cache.centre()
-    dataset, sampler, loader, steps, speed_classes = _data(c, ctx, clips, len(speakers), cache, online)
+    steps = c.steps_per_epoch or max(1, math.ceil(n_labelled / (c.batch_size * ctx.world)))
+    dataset, sampler, loader, speed_classes = _data(c, ctx, clips, len(speakers), steps, cache, online)
     teacher = None
     if online:
         from lightsv.train.teacher import OnlineTeacher

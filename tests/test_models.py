@@ -78,3 +78,24 @@ def test_unknown_model_and_bad_option():
         build_model("nope")
     with pytest.raises(lightsv.ConfigError, match="bad options for model 'resnet34'"):
         build_model("resnet34", widht=3)
+
+
+def test_attentive_pooling_equals_its_definition_on_the_concatenated_context():
+    """The pooling applies its first attention layer to [x, mean, std] without building that input
+    (W_x x + W_m mean + W_s std); the result must be the layer on the concatenation, padding included."""
+    from lightsv.models.pooling import AttentiveStatsPool, frame_mask, masked_mean_std
+
+    torch.manual_seed(0)
+    pool = AttentiveStatsPool(12, 8).eval()
+    with torch.no_grad():
+        pool.attention[2].running_mean.uniform_(-1, 1)  # a trained batch norm, not the identity
+    x = torch.randn(3, 12, 40)
+    mask = frame_mask(torch.tensor([40, 25, 7]), x)
+    with torch.no_grad():
+        mean, std = masked_mean_std(x, mask)
+        context = torch.cat([x, mean[..., None].expand_as(x), std[..., None].expand_as(x)], dim=1)
+        weights = torch.softmax(pool.attention(context).masked_fill(mask == 0, float("-inf")), dim=-1)
+        want = torch.cat(masked_mean_std(x, weights), dim=1)
+        got = pool(x, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[1], pool(x[1:2])[0], atol=1e-3)  # the mask is used

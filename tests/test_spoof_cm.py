@@ -209,6 +209,23 @@ def test_the_shipped_countermeasure_shares_the_shipped_trunk_and_its_onnx_export
     assert a.spoof_score == pytest.approx(b.spoof_score, abs=1e-3) and a.accept == b.accept
 
 
+def test_shipping_calibrates_the_threshold_on_the_float16_weights_it_ships(side_cm, speech_clip, tmp_path):
+    """The EER threshold is one clip's own score: taken from the float32 model, the float16 file would
+    score that clip a little differently, on either side of it."""
+    pytest.importorskip("onnxscript")
+    from lightsv.spoof.ship import ship
+
+    clip = lightsv.audio.load(speech_clip[0])
+    wavs = [clip, tone(seed=1), clip[: len(clip) // 2], tone(2.0, seed=2), clip[len(clip) // 2 :], tone(0.3, 0.5, 3)]
+    labels = [1, 0, 1, 0, 1, 0]
+    summary = ship(side_cm, wavs, labels, tmp_path / "cm", trials="six clips", fars=())
+    shipped = Countermeasure.load(tmp_path / "cm.pt", backend="torch")
+    assert shipped.threshold == summary["threshold"]
+    assert shipped.threshold in [shipped.score_wav(w) for w in wavs]
+    assert Countermeasure.load(tmp_path / "cm.onnx").threshold == pytest.approx(shipped.threshold)
+    assert summary["onnx_vs_torch_max_abs_diff"] < 1e-3
+
+
 def test_a_side_cm_exports_one_graph_that_verifies_and_scores_in_one_pass(side_cm, speech_clip, tmp_path):
     """The onnx backend runs a side CM's trunk once for both answers, as torch does: its export has a
     second output, the trunk's speaker embedding, which equals the speaker model's own export's."""

@@ -4,6 +4,8 @@ Padded frames must never change an embedding, so every statistic here is taken o
 frames only; models zero the padded frames after each block and pass a mask down.
 """
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -28,7 +30,8 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5):
     """Mean and standard deviation over the last axis, weighted by `mask` (which sums to 1 or counts)."""
     total = mask.sum(dim=-1, keepdim=True).clamp(min=1e-8)
     mean = (x * mask).sum(dim=-1, keepdim=True) / total
-    var = ((x - mean).pow(2) * mask).sum(dim=-1, keepdim=True) / total
+    deviation = x - mean
+    var = (deviation * deviation * mask).sum(dim=-1, keepdim=True) / total  # a Mul: onnxruntime's Pow is slow
     return mean.squeeze(-1), var.clamp(min=eps).sqrt().squeeze(-1)
 
 
@@ -73,9 +76,18 @@ class AttentiveStatsPool(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones_like(x[:, :1, :]) if mask is None else mask
         mean, std = masked_mean_std(x, mask, self.eps)
-        steps = x.shape[-1]
-        context = torch.cat([x, mean.unsqueeze(-1).expand(-1, -1, steps), std.unsqueeze(-1).expand(-1, -1, steps)], 1)
-        logits = self.attention(context).masked_fill(mask == 0, float("-inf"))
+        logits = self.attention[1:](self._context(x, mean, std)).masked_fill(mask == 0, float("-inf"))
         weights = torch.softmax(logits, dim=-1)
         mean, std = masked_mean_std(x, weights, self.eps)
         return torch.cat([mean, std], dim=1)
+
+    def _context(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """The first attention layer on [x, mean, std] (mean and std repeated over time), computed as
+        W_x x + (W_m mean + W_s std): the same sum without building the 3C-channel input, and the
+        constant part once per utterance instead of once per frame."""
+        conv, c = cast(nn.Conv1d, self.attention[0]), self.in_channels
+        # slices, not split(): under lightsv.edge.fuse the conv is K copies side by side (K groups)
+        w_x, w_m, w_s = conv.weight[:, :c], conv.weight[:, c : 2 * c], conv.weight[:, 2 * c :]
+        frames = nn.functional.conv1d(x, w_x, conv.bias, groups=conv.groups)
+        utterance = nn.functional.conv1d(mean.unsqueeze(-1), w_m, groups=conv.groups)
+        return frames + utterance + nn.functional.conv1d(std.unsqueeze(-1), w_s, groups=conv.groups)

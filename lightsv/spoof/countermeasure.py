@@ -6,7 +6,7 @@
     cm.is_bonafide(s)                          # against the calibrated threshold
 
 A countermeasure file is a lightsv checkpoint (or its ONNX export) whose model has one output and
-whose `calibration` was made on bona fide (label 1) / spoof (label 0) scores. The shipped one is two
+whose `calibration` was made on bona fide (label 1) / spoof (label 0) scores. The shipped one is four
 side networks (their mean logit) on the shipped speaker model's frozen trunk
 (`lightsv.spoof.models.SideCM`, joined by `lightsv.spoof.models.ensemble`): with
 `backend="torch"` and the shipped speaker model, a verifier runs that trunk once for both.

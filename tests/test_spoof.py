@@ -135,6 +135,32 @@ def test_export_merges_lora(corpus, tmp_path):
         torch.testing.assert_close(merged(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_countermeasure_learns_from_a_teacher_countermeasure(corpus, tmp_path):
+    """spoof.teacher: the loss mixes the labels' cross-entropy with one towards the teacher's
+    probabilities (logged as distill); at teacher_weight 1 it is the teacher's term alone."""
+    from lightsv.spoof.countermeasure import DEFAULT_CM
+
+    teacher = train(config(corpus, "full", [], epochs=1), tmp_path / "teacher", resume=False, progress=False)
+    assert all(h["distill"] == 0.0 for h in teacher.results["history"])
+
+    def taught(path, weight=1.0, out="student"):
+        spoof = {"protocol": str(corpus / "protocol.csv"), "asv": None, "teacher": str(path), "teacher_weight": weight}
+        return train(config(corpus, "full", [], spoof=spoof), tmp_path / out, resume=False, progress=False)
+
+    history = taught(tmp_path / "teacher" / "model.pt").results["history"]
+    assert all(h["distill"] > 0.0 and h["loss"] == pytest.approx(h["distill"], rel=1e-5) for h in history)
+    mixed = taught(tmp_path / "teacher" / "model.pt", 0.5, "mixed").results["history"]
+    assert all(h["loss"] == pytest.approx((h["aam"] + h["distill"]) / 2, rel=1e-5) for h in mixed)
+    with pytest.raises(ConfigError, match="spoof.teacher .*no such file"):
+        taught(tmp_path / "absent.pt", out="absent")
+    with pytest.raises(ConfigError, match="not a countermeasure"):
+        taught(lightsv.verifier.DEFAULT_MODEL, out="speaker")
+    with pytest.raises(ConfigError, match="reads other input"):
+        taught(DEFAULT_CM, out="fbank")  # a filterbank CM cannot teach a waveform model
+    with pytest.raises(ConfigError, match="teacher_weight"):
+        taught(tmp_path / "teacher" / "model.pt", 1.5, out="weight")
+
+
 def test_cm_evaluation_reports_eer_and_t_dcf_per_system(corpus):
     entries = read_protocol(corpus / "protocol.csv", corpus, "dev")
 

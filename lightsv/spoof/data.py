@@ -105,6 +105,15 @@ class SpoofConfig:
     # Training draws every spoofing system equally often (small systems' clips repeated), so the
     # largest systems do not decide what "spoof" means; bona fide entries are untouched.
     balance_systems: bool = False
+    # A countermeasure checkpoint whose scores the model also learns (e.g. an ensemble taught to one
+    # network): binary cross-entropy towards its probabilities, weighted by teacher_weight against
+    # the labels'. It must read what the model reads (the same filterbank or the waveform).
+    teacher: str | None = None
+    teacher_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ConfigError(f"spoof.teacher_weight must be within [0, 1], got {self.teacher_weight}")
 
 
 def balance_systems(entries: list[Entry]) -> list[Entry]:

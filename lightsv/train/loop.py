@@ -68,23 +68,48 @@ class Objective(nn.Module):
         aam_weight: float,
         distill_weight: float,
         binary: bool = False,
+        teacher_weight: float = 0.0,
     ):
         super().__init__()
         self.model, self.aam, self.distill = model, aam, distill
         self.aam_weight, self.distill_weight = aam_weight, distill_weight
-        self.binary = binary
+        self.binary, self.teacher_weight = binary, teacher_weight
 
     def forward(self, feats, labels, targets, weights):
         emb = self.model(feats)
         zero = emb.new_zeros(())
         if self.binary:  # a countermeasure: emb[:, 0] is the logit of bona fide (label 1)
-            loss = nn.functional.binary_cross_entropy_with_logits(emb[:, 0], labels.to(emb.dtype))
+            bce = nn.functional.binary_cross_entropy_with_logits(emb[:, 0], labels.to(emb.dtype))
             acc = ((emb[:, 0] > 0).long() == labels).to(emb.dtype).mean()
-            return loss, torch.stack([loss.detach(), loss.detach(), acc.detach(), zero])
+            soft = zero
+            if self.teacher_weight:  # `targets`: a teacher countermeasure's logits
+                soft = nn.functional.binary_cross_entropy_with_logits(emb[:, 0], torch.sigmoid(targets))
+            loss = (1.0 - self.teacher_weight) * bce + self.teacher_weight * soft
+            return loss, torch.stack([loss.detach(), bce.detach(), acc.detach(), soft.detach()])
         aam, acc = self.aam(emb, labels) if self.aam is not None else (zero, zero)
         distill = self.distill(emb, targets, weights) if self.distill is not None else zero
         loss = self.aam_weight * aam + self.distill_weight * distill
         return loss, torch.stack([loss.detach(), aam.detach(), acc.detach(), distill.detach()])
+
+
+def spoof_teacher(c: TrainConfig, model: nn.Module) -> nn.Module | None:
+    """The countermeasure `spoof.teacher` names, frozen; ConfigError if it is not one or reads other input."""
+    if c.spoof is None or not c.spoof.teacher:
+        return None
+    from lightsv.verifier import _features
+
+    path = c.spoof.teacher
+    if not Path(path).is_file():
+        raise ConfigError(f"spoof.teacher {path}: no such file")
+    teacher, extra = load_model(path, return_extra=True)
+    if getattr(teacher, "embed_dim", None) != 1:
+        raise ConfigError(f"spoof.teacher {path}: not a countermeasure (it gives {teacher.embed_dim} values, not 1)")
+    kind = getattr(model, "input_kind", "fbank")
+    if getattr(teacher, "input_kind", "fbank") != kind or (kind == "fbank" and _features(extra, path) != c.features):
+        raise ConfigError(f"spoof.teacher {path}: reads other input than the model (a filterbank, or the waveform)")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def training_clips(c: TrainConfig) -> tuple[list[Clip], list[str]]:
@@ -311,7 +336,16 @@ def train(
         else None
     )
     distill = DistillLoss(model.embed_dim, teacher_dim, c.loss.projection) if teacher_dim else None
-    objective = Objective(model, aam, distill, c.loss.aam_weight, c.loss.distill_weight, binary=c.spoof is not None)
+    cm_teacher = spoof_teacher(c, model)
+    objective = Objective(
+        model,
+        aam,
+        distill,
+        c.loss.aam_weight,
+        c.loss.distill_weight,
+        binary=c.spoof is not None,
+        teacher_weight=c.spoof.teacher_weight if cm_teacher is not None and c.spoof is not None else 0.0,
+    )
     if stage == "finetune" and (root_out / "heads.pt").exists():
         heads = torch.load(root_out / "heads.pt", map_location="cpu", weights_only=True)
         for name, module in (("aam", aam), ("distill", distill)):
@@ -319,6 +353,8 @@ def train(
                 module.load_state_dict(heads[name])
     objective.to(ctx.device)
     fbank = features_for(model, c.features).to(ctx.device)
+    if cm_teacher is not None:
+        cm_teacher.to(ctx.device)
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
 
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -468,6 +504,8 @@ def train(
                 aam.margin = margin_at(epoch + state["batch"] / steps, c.loss.margin, c.loss.margin_warmup)
             with torch.no_grad():
                 feats, _ = fbank(wav.to(ctx.device))
+                if cm_teacher is not None:
+                    targets, weights = cm_teacher(feats)[:, 0], torch.ones(len(feats))
             loss, parts = ddp(feats, labels.to(ctx.device), targets.to(ctx.device), weights.to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,7 +3,8 @@
 The objective is AAM softmax on speaker labels plus distillation onto teacher embeddings of any
 clip, labelled or not: cached once, or computed on each crop as it is drawn (`loss.teacher:
 online`); with a `spoof:` section, a binary bona fide / spoof cross-entropy on a countermeasure's
-score, with balanced batches and dev EER / t-DCF (lightsv.spoof).  Runs single-process or under
+score (and, with `spoof.teacher`, one towards a teacher countermeasure's probabilities on the same
+crops), with balanced batches and dev EER / t-DCF (lightsv.spoof).  Runs single-process or under
 `torchrun` (DistributedDataParallel, gloo on CPU, nccl on GPU).  Rank 0 logs and writes
 checkpoints; every epoch ends with a checkpoint that resumes exactly (batches and crops are
 functions of (seed, epoch, batch), see lightsv.data).

@@ -23,7 +23,8 @@ rates at one decision rule each: raw cosine at the EER threshold of the same cal
 over lengths (one threshold for every length), LLR >= 0.
 
 Part 2, streams: each test clip is fed from its start through lightsv.streaming.StreamSession (0.25 s
-updates, 3 s blocks), and the sequential test decides at the requested error rates, or is forced at
+updates, 3 s blocks, 0.1 s kept before onsets, bounds only after 0.5 s of speech: the session's
+defaults), and the sequential test decides at the requested error rates, or is forced at
 the clip's end or max_seconds (of audio heard). Seconds of audio and of speech to decision, the share
 decided early, miss and false-accept rates, next to the full-clip EER (oracle threshold), the
 full-clip HTER at the same calibrated rule (LLR >= 0), and fixed windows of the stream's first 1 s /
@@ -47,7 +48,7 @@ from lightsv import metrics, speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.calibrate import write_calibration
 from lightsv.duration import DurationCalibration, fit
-from lightsv.streaming import StreamConfig, StreamSession, error_rates, sprt_bounds
+from lightsv.streaming import STREAM_SPEECH, StreamConfig, StreamSession, error_rates, sprt_bounds
 from lightsv.trials import read_trials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +108,8 @@ class Embeddings:
             self.cut[s] = dict(zip(self.tests, np.load(path), strict=True))
         self.vad = vad
         gate = speech.SpeechConfig(margin_s=margin) if vad and margin is not None else vad
-        suffix = "" if margin is None else f"_margin{margin:g}"
+        # (streams before the 0.1 s run-up before onsets were cached without a suffix)
+        suffix = f"_margin{margin:g}" if margin is not None else f"_onset{STREAM_SPEECH.onset_margin:g}" if vad else ""
         self.stream, self.ms_per_update, self.load = self._streams(cache / f"stream{suffix}.npz", raw, gate)
         # The same streams opened LEAD_IN s before the speaker starts (faint noise first): replayed with
         # the calibration fitted on the streams above, never fitted on.
@@ -256,6 +258,7 @@ def replay(e: Embeddings, cal: DurationCalibration, error, hop: float | None = N
     the final one, exactly what a session with that hop_seconds computes (blocks end on them too)."""
     reject, accept = sprt_bounds(*error_rates(error))
     middle = 0.5 * (reject + accept)
+    min_speech = StreamConfig().min_speech_seconds - 1e-9
     labels = np.array([t.label for t in e.trials])
     seconds, decisions, early = [], [], []
     for t in e.trials:
@@ -266,7 +269,9 @@ def replay(e: Embeddings, cal: DurationCalibration, error, hop: float | None = N
             keep[-1] = True
             at, emb = at[keep], emb[keep]
         llr = cal.llr(emb @ e.emb[t.enroll], at[:, 2], e.seconds[t.enroll])
-        crossed = np.flatnonzero((llr >= accept) | (llr <= reject))
+        # the session's speech_seconds: the gate's count, or (no gate) everything heard
+        spoken = at[:, 1] if e.vad else at[:, 0]
+        crossed = np.flatnonzero(((llr >= accept) | (llr <= reject)) & (spoken >= min_speech))
         k = int(crossed[0]) if crossed.size else len(llr) - 1
         seconds.append(at[k])
         decisions.append(llr[k] >= accept if crossed.size else llr[k] >= middle)
@@ -372,6 +377,7 @@ def main(argv=None) -> int:
         + ("" if args.stream_margin is None else f" --stream-margin {args.stream_margin:g}"),
         "vad": args.vad,
         "stream_margin": speech.SpeechConfig().margin_s if args.stream_margin is None else args.stream_margin,
+        "stream_onset_margin": STREAM_SPEECH.onset_margin if args.stream_margin is None else args.stream_margin,
         "model_id": verifier.model_id,
         "backend": f"{_relative(verifier.source)}, 1 thread",
         "stream": {**StreamConfig().__dict__, "max_seconds": MAX_SECONDS},
@@ -409,11 +415,11 @@ def markdown(results: dict) -> str:
         "duration calibration fitted on the other two. Rates in %. "
         + (
             "Speech-aware: clips trimmed to their speech (`lightsv.speech.trim`, 0.5 s margins), streams through "
-            f"the same detector run causally (`lightsv.speech.SpeechGate`, {meta.get('stream_margin', 0.5):g} s "
+            f"the same detector run causally (`lightsv.speech.SpeechGate`, {_margins(meta)}"
             + (
-                "margins), as `Verifier.load()` does by default."
-                if meta.get("stream_margin", 0.5) == speech.SpeechConfig().margin_s
-                else "margins; `Verifier.load()` streams keep the detector's default margins)."
+                "), as `Verifier.load()` does by default."
+                if _margins(meta) == _margins({})
+                else f"; `Verifier.load()` streams keep {_margins({})})."
             )
             if meta.get("vad", False)
             else "Raw (`--no-vad`): clips and streams embedded whole, silence included."
@@ -460,7 +466,8 @@ def markdown(results: dict) -> str:
         "",
         f"Each test clip fed from its start; an update every {stream['hop_seconds']:g} s of audio, blocks of "
         f"{stream['block_seconds']:g} s with {stream['context_seconds']:g} s of context, forced decision at the "
-        f"clip's end or {stream['max_seconds']:g} s of audio. `asked`: the miss = false-accept rate asked of the "
+        f"clip's end or {stream['max_seconds']:g} s of audio; the bounds decide only after "
+        f"{stream.get('min_speech_seconds', 0):g} s of {spoken}. `asked`: the miss = false-accept rate asked of the "
         "sequential test; `audio s`: seconds of audio heard at the decision, mean / 90th percentile; "
         "`speech s`: of them, seconds of detected speech (speech spans, pauses under 1 s included, margins not; "
         "with `--no-vad` counted by the same detector alongside, not used by the stream); "
@@ -542,6 +549,13 @@ def markdown(results: dict) -> str:
                     f"{_hter(s, w, whole_hter)} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _margins(meta: dict) -> str:
+    """The streams' speech margins as run (``{}``: the defaults; results before the onset margin: 0.5 both)."""
+    onset = meta.get("stream_onset_margin", meta.get("stream_margin", 0.5)) if meta else STREAM_SPEECH.onset_margin
+    after = meta.get("stream_margin", 0.5) if meta else STREAM_SPEECH.margin_s
+    return f"{after:g} s margins" if onset == after else f"{onset:g} s before onsets, {after:g} s after speech"
 
 
 def _relative(path: str) -> str:

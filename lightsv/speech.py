@@ -48,6 +48,14 @@ class SpeechConfig:
     min_span_s: float = 0.05
     #: kept around each speech span, so onsets and fading ends are not clipped
     margin_s: float = 0.5
+    #: kept before each span's onset instead of ``margin_s`` (None: ``margin_s``). Streams use a short
+    #: one: their early decisions rest on the first second embedded, of which a 0.5 s run-up of
+    #: silence before the user speaks would be half (lightsv.streaming)
+    onset_margin_s: float | None = None
+
+    @property
+    def onset_margin(self) -> float:
+        return self.margin_s if self.onset_margin_s is None else self.onset_margin_s
 
 
 def frame_energies_db(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> np.ndarray:
@@ -109,7 +117,8 @@ def speech_seconds(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) -> fl
 def trim(
     wav: np.ndarray, *, min_seconds: float = 0.0, config: SpeechConfig = SpeechConfig(), name: str = "audio"
 ) -> np.ndarray:
-    """The clip's speech spans with ``margin_s`` around each, joined; non-speech beyond the margins is dropped.
+    """The clip's speech spans with ``margin_s`` around each (``onset_margin_s`` before), joined; non-speech
+    beyond the margins is dropped.
 
     Raises AudioError ("no speech found") when the clip has no speech, or when its speech with its
     margins is shorter than ``min_seconds`` (the model's minimum input).
@@ -117,10 +126,10 @@ def trim(
     spans = speech_spans(wav, config)
     if not spans:
         raise AudioError(f"{name}: no speech found")
-    margin = int(config.margin_s * SAMPLE_RATE)
+    before, margin = int(config.onset_margin * SAMPLE_RATE), int(config.margin_s * SAMPLE_RATE)
     kept: list[tuple[int, int]] = []
     for start, end in spans:
-        start, end = max(0, start - margin), min(len(wav), end + margin)
+        start, end = max(0, start - before), min(len(wav), end + margin)
         if kept and start <= kept[-1][1]:
             kept[-1] = (kept[-1][0], end)
         else:
@@ -150,9 +159,10 @@ class SpeechGate:
     running maximum. As offline: below ``steady_db`` of range nothing is speech; between that and
     ``confident_db`` (a noisy recording, or too little heard to tell) every audible frame is; above
     it, frames over the threshold are. Spans shorter than ``min_span_s`` are dropped, gaps up to
-    ``bridge_gap_s`` bridged, ``margin_s`` kept on both sides: audio whose fate is still open (the
-    margin before a possible onset, a gap that may yet be bridged, an unconfirmed span) is held back,
-    at most margin + bridge + min span, so memory and work per sample are bounded for any stream.
+    ``bridge_gap_s`` bridged, ``onset_margin_s`` kept before and ``margin_s`` after each: audio whose
+    fate is still open (the margin before a possible onset, a gap that may yet be bridged, an
+    unconfirmed span) is held back, at most margin + bridge + min span, so memory and work per sample
+    are bounded for any stream.
 
     Counters, in samples: ``heard`` (pushed), ``speech`` (detected speech spans, bridged pauses
     included, margins not: what :func:`speech_seconds` counts offline), ``admitted`` (returned).
@@ -165,7 +175,7 @@ class SpeechGate:
         self.config = config
         self._hop = int(config.hop_s * SAMPLE_RATE)
         self._frame = int(config.frame_s * SAMPLE_RATE)
-        self._margin = int(round(config.margin_s / config.hop_s))  # in frames
+        self._margin = int(round(config.onset_margin / config.hop_s))  # before an onset, in frames
         # The offline span ends where its last frame's window ends, (frame - hop) samples past its hop.
         self._trail = int(math.ceil((config.margin_s * SAMPLE_RATE + self._frame - self._hop) / self._hop))
         self._bridge = config.bridge_gap_s / config.hop_s  # gap frames a span bridges

@@ -11,11 +11,15 @@ Speech. As clips are trimmed to their speech before embedding, a stream first go
 :class:`lightsv.speech.SpeechGate`, the same energy detector run causally (each 10 ms frame judged
 against the noise floor and peak of everything heard so far): leading silence and long pauses are
 not embedded and are not evidence, so the session stays undecided (no score) until there is speech,
-and the LLR's duration is the audio embedded (speech with its 0.5 s margins), as for a trimmed clip.
-The state reports seconds heard and seconds of speech. A stream without speech cannot be decided:
-``close()`` (or ``max_seconds``) raises AudioError "no speech found", as a clip without speech
-does. ``vad=False`` embeds everything fed. The gate holds back at most ~1.6 s of audio whose fate
-is open (the margin before a possible onset, a pause that may be bridged).
+and the LLR's duration is the audio embedded (speech with its margins), as for a trimmed clip. The
+stream keeps 0.1 s before an onset (:data:`STREAM_SPEECH`) where a clip keeps 0.5 s: a session is
+usually opened before the user speaks, and with 0.5 s of that run-up embedded the first second
+scored was half silence, which the model scores far from the speaker (with 2 s of faint noise
+before each dev clip, 61 % of the targets decided early were rejected; ``benchmarks/streaming.py``
+replays such streams). The state reports seconds heard and seconds of speech. A stream without
+speech cannot be decided: ``close()`` (or ``max_seconds``) raises AudioError "no speech found", as a
+clip without speech does. ``vad=False`` embeds everything fed. The gate holds back at most ~1.6 s
+of audio whose fate is open (the margin before a possible onset, a pause that may be bridged).
 
 Design. The shipped model (ECAPA-TDNN) pools attentive statistics over the whole clip, and its
 attention reads the clip's global mean and deviation, so a frame-by-frame incremental pass would
@@ -32,7 +36,9 @@ Deciding. The running cosine goes through the model's duration-aware calibration
 ``llr >= log((1 - miss) / false_accept)``, reject when ``llr <= log(miss / (1 - false_accept))``,
 else wait. The calibrated LLR of the whole stream so far replaces Wald's sum of per-observation
 LLRs (the observations are not independent frames; the embedding already pools them), as in Vogt,
-Sridharan & Mason (IEEE TASLP 2010). Looking again every hop spends some of the error budget, so the
+Sridharan & Mason (IEEE TASLP 2010). The bounds decide only once ``min_speech_seconds`` (0.5 s) of
+speech is in: below that a test clip's EER is 26-37 % on the dev lists, so a bound crossed there is
+mostly the calibration's tail, not evidence. Looking again every hop spends some of the error budget, so the
 realised rates differ from the requested ones: ``benchmarks/streaming.py`` measures them. At
 ``max_seconds`` or :meth:`StreamSession.close` the decision is forced at the midpoint of the two
 bounds (0 for symmetric rates: the Bayes decision at equal priors).
@@ -52,6 +58,8 @@ from lightsv.errors import AudioError, ConfigError
 from lightsv.speech import SpeechConfig, SpeechGate
 
 DECISIONS = ("accept", "reject", "undecided")
+#: The speech detector's settings for streams: the offline detector's, with a short run-up before onsets.
+STREAM_SPEECH = SpeechConfig(onset_margin_s=0.1)
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,11 @@ class StreamConfig:
     hop_seconds: float = 0.25
     block_seconds: float = 3.0
     context_seconds: float = 0.5
+    #: seconds of detected speech (all audio without the gate) before a bound may decide
+    min_speech_seconds: float = 0.5
 
     def __post_init__(self):
-        for name in ("hop_seconds", "block_seconds", "context_seconds"):
+        for name in ("hop_seconds", "block_seconds", "context_seconds", "min_speech_seconds"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -121,9 +131,9 @@ class StreamSession:
     """One speaker's verification over a stream of 16 kHz samples; see the module docstring.
 
     ``embed``: waveform -> unit embedding; ``llr``: (score, seconds embedded) -> LLR. ``vad``: pass
-    the stream through :class:`lightsv.speech.SpeechGate` first, so that only speech (with its
-    margins) is embedded and counted as evidence (a :class:`lightsv.speech.SpeechConfig`: with those
-    settings); False embeds everything fed.
+    the stream through :class:`lightsv.speech.SpeechGate` first (with :data:`STREAM_SPEECH`), so that
+    only speech (with its margins) is embedded and counted as evidence (a
+    :class:`lightsv.speech.SpeechConfig`: with those settings); False embeds everything fed.
     """
 
     def __init__(
@@ -155,7 +165,7 @@ class StreamSession:
         self._hop = int(round(self.config.hop_seconds * SAMPLE_RATE))
         self._block = int(round(self.config.block_seconds * SAMPLE_RATE))
         self._context = int(round(self.config.context_seconds * SAMPLE_RATE))
-        self._gate = None if vad is False else SpeechGate(vad if isinstance(vad, SpeechConfig) else SpeechConfig())
+        self._gate = None if vad is False else SpeechGate(vad if isinstance(vad, SpeechConfig) else STREAM_SPEECH)
         # [context of the previous block | current block] of embedded audio; never grows past this.
         self._buffer = np.zeros(self._context + self._block, dtype=np.float32)
         self._start = 0  # where the current block begins in the buffer (the context before it)
@@ -257,10 +267,11 @@ class StreamSession:
         score = float(self._running @ self._enrolled)
         llr = float(self._llr(score, embedded))
         decision, reason = "undecided", ""
-        if llr >= self.accept_bound:
-            decision, reason = "accept", "accept bound"
-        elif llr <= self.reject_bound:
-            decision, reason = "reject", "reject bound"
+        if speech_seconds >= self.config.min_speech_seconds - 1e-9:
+            if llr >= self.accept_bound:
+                decision, reason = "accept", "accept bound"
+            elif llr <= self.reject_bound:
+                decision, reason = "reject", "reject bound"
         self._state = StreamState(self.speaker, seconds, score, llr, decision, reason, speech_seconds, embedded)
         if self._fill == self._buffer.size:  # the block is full: fold it into the sum, keep its tail as context
             self._sum += block_seconds * current

@@ -199,13 +199,45 @@ def test_a_stream_stays_undecided_through_leading_silence_and_embeds_only_speech
     states = feed(s, talk(2.0), [160])
     assert s.updates > 0 and states[-1].speech_seconds > 1.5
     last = states[-1]
-    assert last.seconds == pytest.approx(4.0) and last.embedded_seconds < 3.0  # at most 0.5 s of the lead-in
+    # of the lead-in only the stream's 0.1 s run-up before the onset
+    assert last.seconds == pytest.approx(4.0) and last.embedded_seconds <= 2.0 + 0.1 + 0.02
     assert seen[-1] == last.embedded_seconds  # the LLR's duration is what was embedded, not what was heard
     assert max(embed.lengths) <= 2.6 * SR
     # the same through a session without the gate: the silence is embedded and counted
     s = session(FakeEmbed(), vad=False)
     feed(s, np.concatenate([lead, talk(2.0)]), [160])
     assert s.updates == 16 and s.state.embedded_seconds == s.state.speech_seconds == pytest.approx(4.0)
+
+
+def test_bounds_wait_for_min_speech_seconds_and_forced_decisions_do_not():
+    s = session(llr=lambda score, t: -10.0, error=0.05)  # past the reject bound from the first update
+    states = [st for st in feed(s, noise(2.0), [4000]) if st.score is not None]  # a chunk per update
+    assert [st.decided for st in states[:2]] == [False, True]  # 0.25 s: too little speech; 0.5 s: decided
+    assert states[1].seconds == pytest.approx(0.5) and states[1].reason == "reject bound"
+    s = session(llr=lambda score, t: -10.0, error=0.05, config=StreamConfig(min_speech_seconds=0.0))
+    assert [st for st in feed(s, noise(1.0), [160]) if st.decided][0].seconds == pytest.approx(0.25)
+    s = session(llr=lambda score, t: -10.0, error=0.05, max_seconds=0.3)  # forced below it all the same
+    state = feed(s, noise(1.0), [160])[-1]
+    assert (state.decision, state.reason) == ("reject", "max_seconds")
+    with pytest.raises(ConfigError, match="min_speech_seconds"):
+        StreamConfig(min_speech_seconds=-1.0)
+
+
+def test_streams_keep_a_short_run_up_before_an_onset_and_clips_the_detector_margin():
+    from lightsv import speech
+    from lightsv.streaming import STREAM_SPEECH
+
+    wav = np.concatenate([quiet(2.0), talk(1.5), quiet(3.0, 5), talk(0.8, 6), quiet(1.0)])
+    assert STREAM_SPEECH.onset_margin == 0.1 and STREAM_SPEECH.margin_s == speech.SpeechConfig().margin_s
+    clip = speech.trim(wav)
+    run_up = speech.trim(wav, config=STREAM_SPEECH)
+    assert len(clip) - len(run_up) == 2 * int(0.4 * SR)  # two onsets after long silence, 0.4 s less before each
+    gate = speech.SpeechGate(STREAM_SPEECH)
+    kept = np.concatenate([gate.push(wav[i : i + 160]) for i in range(0, len(wav), 160)] + [gate.flush()])
+    assert abs(len(kept) - len(run_up)) <= 0.05 * SR  # the causal gate keeps what offline trimming keeps
+    s = session(vad=True)
+    feed(s, wav[: int(3.0 * SR)], [160])
+    assert s.state.embedded_seconds <= 1.0 + 0.1 + 0.02  # the speech heard and 0.1 s of the lead-in
 
 
 def test_speech_aware_streams_do_not_depend_on_the_chunk_size():
@@ -294,6 +326,7 @@ def test_stream_on_torch_and_onnx_agree_and_match_the_embedding_of_what_was_hear
 
 def test_speech_aware_stream_on_torch_and_onnx_waits_for_speech_and_embeds_only_it(verifiers):
     from lightsv.speech import SpeechGate
+    from lightsv.streaming import STREAM_SPEECH
 
     (vs, clips) = verifiers
     wav = np.concatenate([quiet(2.0), load(clips["ls19"][2])])
@@ -308,7 +341,7 @@ def test_speech_aware_stream_on_torch_and_onnx_waits_for_speech_and_embeds_only_
         assert last.speech_seconds < last.embedded_seconds < last.seconds
         if last.embedded_seconds <= 3.5:  # within the first block: exactly the embedding of the speech kept
             heard = int(round(last.seconds * SR))
-            kept = SpeechGate().push(wav[:heard])[: int(round(last.embedded_seconds * SR))]
+            kept = SpeechGate(STREAM_SPEECH).push(wav[:heard])[: int(round(last.embedded_seconds * SR))]
             expected = float(v.embed(kept, sample_rate=SR) @ v.speaker_embedding("ls19"))
             assert last.score == pytest.approx(expected, abs=1e-4)
     np.testing.assert_allclose([st.score for st in runs["torch"]], [st.score for st in runs["onnx"]], atol=2e-3)

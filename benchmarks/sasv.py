@@ -14,8 +14,9 @@ whole (no speech trimming), as the CM scores it. Systems, one score per trial:
 - spoof check: the decision rule of `Verifier.verify(spoof_check=True)` as one score: the cosine
   where the CM passes the test clip at its calibrated threshold, else the cosine minus 10 (below
   every passing trial). With the shipped CM this is the joint model: the side network reads the
-  speaker model's own trunk. Its a-DCF is also given at the shipped thresholds (the actual cost of
-  the decisions `verify` makes), beside the minimum over thresholds.
+  speaker model's own trunk. Its a-DCF is also given at the decisions `verify` makes (the speaker
+  score's duration-aware LLR >= 0 at each test clip's length, the CM at its calibrated threshold),
+  beside the minimum over thresholds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 import lightsv
 from lightsv import metrics
+from lightsv.audio import SAMPLE_RATE, load
 from lightsv.spoof.countermeasure import Countermeasure
 from lightsv.spoof.data import read_protocol
 from lightsv.spoof.sasv import sasv_trials
@@ -60,22 +62,30 @@ def main() -> None:
     cosine = np.array([float(emb[a] @ emb[b]) for a, b, _ in trials])
     keys = np.array([k for _, _, k in trials])
     tests = sorted({b for _, b, _ in trials})
-    systems: dict[str, tuple[np.ndarray, float | None]] = {
-        "speaker model alone": (cosine, verifier.threshold),
-    }
+    # verify's rule (the shipped model is duration-calibrated): LLR at the test clip's length >= 0
+    assert verifier.duration is not None, "the shipped model has a duration-aware calibration"
+    seconds = {p: len(load(p)) / SAMPLE_RATE for p in tests}
+    llr = verifier.duration.llr(cosine, np.array([seconds[b] for _, b, _ in trials]))
+    llr = llr - verifier.duration.llr_threshold(None)
+    # per system: the score, and the score verify's decision compares with 0 (None: no such decision)
+    systems: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"speaker model alone": (cosine, llr)}
     for name, cm in cms.items():
         cm_score = {p: cm.score(p) for p in tests}
         logit = np.array([cm_score[b] for _, b, _ in trials])
         systems[f"score sum, {name}"] = (cosine + logit, None)
-        gated = np.where(logit >= cm.threshold, cosine, cosine - GATE)
-        systems[f"spoof check, {name}"] = (gated, verifier.threshold)
+        passed = logit >= cm.threshold
+        systems[f"spoof check, {name}"] = (
+            np.where(passed, cosine, cosine - GATE),
+            np.where(passed, llr, np.minimum(llr, 0.0) - GATE),  # judged spoofed: rejected
+        )
     rows = {}
-    for name, (score, threshold) in systems.items():
+    for name, (score, decided) in systems.items():
         tar, non, spf = score[keys == "target"], score[keys == "nontarget"], score[keys == "spoof"]
         row = {**metrics.sasv_eers(tar, non, spf), "a_dcf": metrics.a_dcf(tar, non, spf)}
-        if threshold is not None:
-            row["a_dcf_at_threshold"] = metrics.a_dcf(tar, non, spf, threshold=threshold)
-            row["threshold"] = threshold
+        if decided is not None:
+            d = {k: decided[keys == k] for k in ("target", "nontarget", "spoof")}
+            row["a_dcf_at_threshold"] = metrics.a_dcf(d["target"], d["nontarget"], d["spoof"], threshold=0.0)
+            row["accepted"] = {k: int((v >= 0).sum()) for k, v in d.items()}
         rows[name] = row
     counts = {k: int((keys == k).sum()) for k in ("target", "nontarget", "spoof")}
     lines = [
@@ -86,8 +96,9 @@ def main() -> None:
         f"Trials (`sasv_trials_dev.txt`): {counts['target']} target, {counts['nontarget']} non-target, "
         f"{counts['spoof']} spoof, from the {len(entries)} dev entries of the spoof set (speakers with bona fide "
         "clips only). EERs in %; a-DCF normalised, ASVspoof 5 costs (P_tar 0.9405, P_non 0.0095, P_spf 0.05, "
-        "C_miss 1, C_fa,asv 10, C_fa,cm 10); min: over all thresholds; at threshold: at the shipped "
-        "speaker model's EER threshold (and the CM's calibrated one), i.e. the decisions `verify` makes.",
+        "C_miss 1, C_fa,asv 10, C_fa,cm 10); min: over all thresholds; at threshold: the decisions `verify` "
+        "makes: the speaker score's duration-aware LLR >= 0 at the test clip's length (the shipped calibration, "
+        "EER operating point), and the CM's calibrated threshold.",
         "",
         "| system | SV-EER | SPF-EER | SASV-EER | min a-DCF | a-DCF at threshold |",
         "|---|---|---|---|---|---|",

@@ -28,7 +28,8 @@ defaults), and the sequential test decides at the requested error rates, or is f
 the clip's end or max_seconds (of audio heard). Seconds of audio and of speech to decision, the share
 decided early, miss and false-accept rates, next to the full-clip EER (oracle threshold), the
 full-clip HTER at the same calibrated rule (LLR >= 0), and fixed windows of the stream's first 1 s /
-2 s of speech (of audio with --no-vad).
+2 s of speech (of audio with --no-vad). The same streams are replayed after a 2 s run-up (faint
+noise, or the recording's own background), as when a session opens before the user speaks.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class Embeddings:
         # the calibration fitted on the streams above, never fitted on.
         path = cache / f"stream_lead{LEAD_IN:g}{suffix}.npz"
         self.lead_in, _, _ = self._streams(path, lambda f: lead_in(raw(f), f), gate)
+        # ... and after LEAD_IN s of the recording's own background (its quietest 0.2 s, tiled)
+        path = cache / f"stream_room{LEAD_IN:g}{suffix}.npz"
+        self.room_in, _, _ = self._streams(path, lambda f: room_in(raw(f)), gate)
 
     def _streams(self, path: Path, clip, vad) -> tuple[dict, float, float | None]:
         """Trajectories of every test clip, ms per update and the load average when they were computed."""
@@ -149,6 +153,19 @@ def lead_in(wav: np.ndarray, name: str) -> np.ndarray:
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     noise = 10 ** (LEAD_DB / 20) * rng.standard_normal(int(LEAD_IN * SAMPLE_RATE))
     return np.concatenate([noise.astype(np.float32), wav])
+
+
+def room_in(wav: np.ndarray) -> np.ndarray:
+    """``wav`` after LEAD_IN s of its own background, as a session opened in the room before the
+    speaker starts would hear: the clip's quietest 50 ms (the window whose loudest frame is the
+    quietest: short clips are mostly speech), tiled back and forth (no clicks at the joins)."""
+    energy = speech.frame_energies_db(wav)
+    hop, n = int(speech.SpeechConfig().hop_s * SAMPLE_RATE), 5
+    frames = np.lib.stride_tricks.sliding_window_view(energy, n).max(axis=1) if len(energy) > n else energy[:1]
+    start = hop * int(np.argmin(frames))
+    quiet = wav[start : start + n * hop]
+    tiles = [quiet if k % 2 == 0 else quiet[::-1] for k in range(int(LEAD_IN * SAMPLE_RATE) // len(quiet) + 1)]
+    return np.concatenate([np.concatenate(tiles)[: int(LEAD_IN * SAMPLE_RATE)], wav])
 
 
 def speech_heard(wav: np.ndarray, heard: np.ndarray) -> np.ndarray:
@@ -367,6 +384,7 @@ def main(argv=None) -> int:
             "windows": windows(e),
             "streams": [replay(e, cal, err) for err in ERRORS],
             "lead_in": [replay(e, cal, err, streams=e.lead_in) for err in LEAD_ERRORS],
+            "room_in": [replay(e, cal, err, streams=e.room_in) for err in LEAD_ERRORS],
             "cadence": {f"{hop:g}": [replay(e, cal, err, hop) for err in CADENCE_ERRORS] for hop in CADENCES},
             "ms_per_update": e.ms_per_update,
             "load_while_timed": e.load,
@@ -508,22 +526,25 @@ def markdown(results: dict) -> str:
         "",
         f"## Streams opened {lead['seconds']:g} s before the speaker starts",
         "",
-        f"The same test clips after {lead['seconds']:g} s of faint noise ({lead['dbfs']:g} dBFS), as when a session "
-        "opens before the user speaks; replayed with the same cross-validated calibrations (never fitted on "
-        "these). Seconds count from the session's start, lead-in included; `before speech`: share of trials "
-        "decided (by a bound, or forced) before any speech was found in the stream.",
+        f"The same test clips after {lead['seconds']:g} s of a run-up, as when a session opens before the user "
+        f"speaks: `faint`, white noise at {lead['dbfs']:g} dBFS (a quiet device); `room`, the clip's own "
+        "background (its quietest 0.2 s, tiled back and forth). Replayed with the same cross-validated "
+        "calibrations (never fitted on these). Seconds count from the session's start, run-up included; "
+        "`before speech`: share of trials decided (by a bound, or forced) before any speech was found in the "
+        "stream.",
         "",
-        "| list | asked | audio s mean / p90 | speech s mean / p90 | before speech | early miss / FA | HTER | - EER "
-        "| - HTER whole |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| list | run-up | asked | audio s mean / p90 | speech s mean / p90 | before speech | early miss / FA | HTER "
+        "| - EER | - HTER whole |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["lists"].items():
         w, whole_hter = r["windows"], r["durations"]["whole"]["llr_0"]["hter"]
-        for s in r.get("lead_in", []):
-            lines.append(
-                f"| {Path(name).stem} | {s['error'][0]:g} | {_seconds(s)} | {s['decided_before_speech']:.1f} | "
-                f"{_early(s)} | {_hter(s, w, whole_hter)} |"
-            )
+        for kind, key in (("faint", "lead_in"), ("room", "room_in")):
+            for s in r.get(key, []):
+                lines.append(
+                    f"| {Path(name).stem} | {kind} | {s['error'][0]:g} | {_seconds(s)} | "
+                    f"{s['decided_before_speech']:.1f} | {_early(s)} | {_hter(s, w, whole_hter)} |"
+                )
     lines += [
         "",
         "## Update cadence",

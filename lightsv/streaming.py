@@ -1,7 +1,7 @@
 """Streaming verification that decides as soon as the evidence is clear.
 
-    s = verifier.stream("alice", error=0.05, max_seconds=6.0)
-    for chunk in microphone():                 # any chunk size, 16 kHz float32
+    s = verifier.stream("alice", error=0.05, max_seconds=6.0)   # sample_rate=48000 for a 48 kHz source
+    for chunk in microphone():                 # any chunk size, float32
         state = s.feed(chunk)                  # state.seconds, .speech_seconds, .score, .llr, .decision
         if state.decision != "undecided":
             break
@@ -55,6 +55,7 @@ import numpy as np
 
 from lightsv.audio import SAMPLE_RATE
 from lightsv.errors import AudioError, ConfigError
+from lightsv.resample import StreamResampler
 from lightsv.speech import SpeechConfig, SpeechGate
 
 DECISIONS = ("accept", "reject", "undecided")
@@ -128,7 +129,10 @@ def error_rates(error) -> tuple[float, float]:
 
 
 class StreamSession:
-    """One speaker's verification over a stream of 16 kHz samples; see the module docstring.
+    """One speaker's verification over a stream of samples; see the module docstring.
+
+    ``sample_rate``: of the samples fed; other rates than 16 kHz are resampled as they come
+    (:class:`lightsv.resample.StreamResampler`: the samples loading the whole clip would give).
 
     ``embed``: waveform -> unit embedding; ``llr``: (score, seconds embedded) -> LLR. ``vad``: pass
     the stream through :class:`lightsv.speech.SpeechGate` first (with :data:`STREAM_SPEECH`), so that
@@ -148,8 +152,11 @@ class StreamSession:
         error=0.05,
         config: StreamConfig | None = None,
         vad: bool | SpeechConfig = True,
+        sample_rate: int = SAMPLE_RATE,
     ):
         self.config = config or StreamConfig()
+        # a microphone at 44.1 or 48 kHz: resampled as it comes, to what loading the clip would give
+        self._resampler = None if sample_rate == SAMPLE_RATE else StreamResampler(sample_rate)
         if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
             raise ConfigError(f"max_seconds must be a positive number, got {max_seconds!r}")
         self.miss, self.false_accept = error_rates(error)
@@ -188,12 +195,18 @@ class StreamSession:
         return self._running.copy()
 
     def feed(self, samples) -> StreamState:
-        """Add 16 kHz mono samples (float in [-1, 1], any length) and return the running state.
+        """Add mono samples (float in [-1, 1], any length, at the session's ``sample_rate``) and return
+        the running state.
 
         Once decided, the decision stands and further audio is ignored."""
         wav = _samples(samples)
         if self._state.decided:
             return self._state
+        if self._resampler is not None:
+            wav = self._resampler.push(wav)
+        return self._push(wav)
+
+    def _push(self, wav: np.ndarray) -> StreamState:
         wav = wav[: self._max - self._heard]
         if self._gate is None:
             self._take(wav, None)
@@ -241,6 +254,12 @@ class StreamSession:
                 self._update(self._heard + pos if heard is None else heard, speech)
 
     def _end(self, reason: str) -> None:
+        if self._resampler is not None:  # the few ms the resampler still holds
+            tail, self._resampler = self._resampler.flush(), None
+            if self._heard < self._max:
+                self._push(tail)  # which ends the stream itself if the tail reaches max_seconds
+                if self._state.decided:
+                    return
         if self._gate is not None:
             self._take(self._gate.flush(), self._heard, self._gate.speech_seconds)
         if not self._state.decided and self._taken > self._scored:
@@ -343,9 +362,10 @@ def run_stream_command(verifier, args) -> int:
         raise ConfigError("--stream reads either a CLIP or --mic, one of the two")
     if not (isinstance(args.chunk_seconds, float) and 0.01 <= args.chunk_seconds <= 10):
         raise ConfigError(f"--chunk-seconds must be between 0.01 and 10, got {args.chunk_seconds!r}")
-    session = verifier.stream(args.name, max_seconds=args.max_seconds, error=args.error)
-    chunk = int(round(args.chunk_seconds * SAMPLE_RATE))
-    chunks = _microphone(chunk) if args.mic else _clip_chunks(args.clip, chunk, args.realtime)
+    rate = _microphone_rate() if args.mic else SAMPLE_RATE
+    session = verifier.stream(args.name, max_seconds=args.max_seconds, error=args.error, sample_rate=rate)
+    chunk = int(round(args.chunk_seconds * rate))
+    chunks = _microphone(chunk, rate) if args.mic else _clip_chunks(args.clip, chunk, args.realtime)
     last = None
     for samples in chunks:
         state = session.feed(samples)
@@ -391,12 +411,22 @@ def _clip_chunks(clip, chunk: int, realtime: bool):
         yield wav[start : start + chunk]
 
 
-def _microphone(chunk: int):
+def _sounddevice():
     try:
         import sounddevice  # type: ignore[import-not-found]
     except ImportError:
         raise ConfigError("--mic needs sounddevice: pip install -c constraints.txt 'lightsv[mic]'") from None
-    with sounddevice.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=chunk) as mic:
+    return sounddevice
+
+
+def _microphone_rate() -> int:
+    """The default input device's own rate: many devices cannot record at 16 kHz; the session resamples."""
+    return int(_sounddevice().query_devices(kind="input")["default_samplerate"])
+
+
+def _microphone(chunk: int, rate: int):
+    sounddevice = _sounddevice()
+    with sounddevice.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=chunk) as mic:
         while True:
             samples, _ = mic.read(chunk)
             yield samples[:, 0]

@@ -359,8 +359,10 @@ class Verifier:
         enrolled_seconds: float | None = None,
         config=None,
         vad=None,
+        sample_rate: int = SAMPLE_RATE,
     ):
-        """A :class:`lightsv.streaming.StreamSession` verifying ``name`` on audio fed as it comes.
+        """A :class:`lightsv.streaming.StreamSession` verifying ``name`` on audio fed as it comes, at
+        ``sample_rate`` (other rates than 16 kHz are resampled as they come).
 
         ``error``: the miss and false-accept rates asked of the sequential test, one number for both or
         ``(miss, false_accept)``; ``max_seconds``: the decision is forced after this much audio heard.
@@ -388,6 +390,7 @@ class Verifier:
             error=error,
             config=config,
             vad=self.vad if vad is None else vad if isinstance(vad, speech.SpeechConfig) else bool(vad),
+            sample_rate=sample_rate,
         )
 
     def identify(self, clip, *, top_k: int = 5, sample_rate: int | None = None) -> Identification:

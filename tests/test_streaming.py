@@ -223,6 +223,24 @@ def test_bounds_wait_for_min_speech_seconds_and_forced_decisions_do_not():
         StreamConfig(min_speech_seconds=-1.0)
 
 
+def test_a_48k_stream_is_the_16k_stream_of_the_same_audio_resampled_as_loading_would():
+    from scipy.signal import resample_poly
+
+    x48 = (0.1 * np.random.default_rng(5).standard_normal(48000 * 4)).astype(np.float32)
+    x16 = resample_poly(x48, 1, 3).astype(np.float32)
+    a, b = session(), session(sample_rate=48000)
+    feed(a, x16, [160])
+    feed(b, x48, [480, 1, 4801])
+    closed_a, closed_b = a.close(), b.close()
+    assert a.updates == b.updates and closed_b.seconds == pytest.approx(closed_a.seconds)
+    assert closed_b.score == pytest.approx(closed_a.score, abs=1e-5)
+    np.testing.assert_allclose(b.embedding, a.embedding, atol=1e-5)
+    s = session(sample_rate=48000, max_seconds=1.0)  # max_seconds counts the audio, whatever its rate
+    assert feed(s, x48, [4800])[-1].seconds == pytest.approx(1.0) and s.state.reason == "max_seconds"
+    with pytest.raises(AudioError, match="bad sample_rate"):
+        session(sample_rate=0)
+
+
 def test_streams_keep_a_short_run_up_before_an_onset_and_clips_the_detector_margin():
     from lightsv import speech
     from lightsv.streaming import STREAM_SPEECH
@@ -317,6 +335,13 @@ def test_stream_on_torch_and_onnx_agree_and_match_the_embedding_of_what_was_hear
             assert s.state.score == pytest.approx(
                 float(v.embed(wav[:heard], sample_rate=SR) @ v.speaker_embedding("ls19")), abs=1e-4
             )
+    # the same clip at 48 kHz through a 48 kHz session: resampled as it comes, nearly the same score
+    from scipy.signal import resample_poly
+
+    v = vs["onnx"]
+    s = v.stream("ls19", error=0.01, max_seconds=6.0, sample_rate=48000)
+    feed(s, resample_poly(wav, 3, 1).astype(np.float32), [480])
+    assert s.close().score == pytest.approx(runs["onnx"][-1].score, abs=0.02)
     torch_scores = [st.score for st in runs["torch"]]
     onnx_scores = [st.score for st in runs["onnx"]]
     assert len(torch_scores) == len(onnx_scores) > 0

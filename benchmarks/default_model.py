@@ -9,7 +9,10 @@ dev list: EER with a bootstrap 95 % interval and minDCF (p_target 0.01), overall
 family, and EER with the test side cut to 0.25-3 s (the centre of the clip: the Arabic and word clips
 have silence around a short word; clips already shorter stay whole; enrollment stays whole).
 Cost: parameters, MACs per second of audio (torch.utils.flop_counter), size on disk and the median
-latency of one 3 s clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv.
+latency of one 3 s clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv. The
+systems are timed round-robin (one call of each per round, after all the scoring), so a change in the
+machine's load reaches them alike; the ratios are the medians of the per-round ratios, with their
+interquartile range.
 Everything runs on one torch thread, so a busy machine slows it evenly rather than by oversubscription.
 """
 
@@ -17,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -133,26 +135,35 @@ def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int)
     return result, scores
 
 
-def cost(system, wav: np.ndarray, repeats: int) -> dict:
+def cost(system, wav: np.ndarray) -> dict:
+    with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+        system.embed_raw(wav)
+    return {"params": system.params, "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS}
+
+
+def latencies(systems: dict, wav: np.ndarray, repeats: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each system, timed round-robin: one call of each per round."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in range(3):
-            system.embed_raw(wav)
-        times = []
+        for system in systems.values():
+            for _ in range(3):
+                system.embed_raw(wav)
+        times: dict[str, list[float]] = {name: [] for name in systems}
         for _ in range(repeats):
-            start = time.perf_counter()
-            system.embed_raw(wav)
-            times.append(time.perf_counter() - start)
-        with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
-            system.embed_raw(wav)
+            for name, system in systems.items():
+                start = time.perf_counter()
+                system.embed_raw(wav)
+                times[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-    return {
-        "params": system.params,
-        "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS,
-        "latency_ms": 1000 * statistics.median(times),
-    }
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def ratio(slow: np.ndarray, fast: np.ndarray) -> dict:
+    """The median and interquartile range of the per-round ratios slow / fast."""
+    per_round = slow / fast
+    return {"median": float(np.median(per_round)), "iqr": [float(q) for q in np.percentile(per_round, [25, 75])]}
 
 
 def main(argv=None) -> int:
@@ -160,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--speech", type=Path, default=SPEECH)
     parser.add_argument("--lists", nargs="+", default=list(LISTS), help="trial lists in --speech")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100, help="timing rounds")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -174,27 +185,32 @@ def main(argv=None) -> int:
 
     rows: dict[str, dict] = {}
     curves: dict[str, dict] = {name: {} for name in lists}
-    for system in (Lightsv(args.model), Resemblyzer()):
+    systems = (Lightsv(args.model), Resemblyzer())
+    for system in systems:
         rows[system.name] = {"lists": {}}
         for name, trials in lists.items():
             print(f"scoring {system.name} on {name} ...", file=sys.stderr)
             result, scores = accuracy(system, trials, args.speech / "wav", family, args.bootstrap)
             rows[system.name]["lists"][name] = result
             curves[name][system.name] = (scores, [t.label for t in trials])
-        rows[system.name].update(cost(system, clip, args.repeats))
+        rows[system.name].update(cost(system, clip))
     ours, peer = rows.values()
     ours["size_bytes"] = args.model.stat().st_size
-    ratios = {}
+    timed = {"torch": systems[0], "resemblyzer": systems[1]}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            onnx = LightsvOnnx(args.model, Path(tmp))
-            onnx_cost = cost(onnx, clip, args.repeats)
-        ours["onnxruntime"] = {"latency_ms": onnx_cost["latency_ms"]}
-        ratios["latency_onnxruntime"] = peer["latency_ms"] / onnx_cost["latency_ms"]
+            timed["onnxruntime"] = LightsvOnnx(args.model, Path(tmp))
     except ImportError:
         print("onnxruntime not installed: no ONNX latency", file=sys.stderr)
+    print(f"timing {', '.join(timed)} round-robin ...", file=sys.stderr)
+    times = latencies(timed, clip, args.repeats)
+    ours["latency_ms"] = 1000 * float(np.median(times["torch"]))
+    peer["latency_ms"] = 1000 * float(np.median(times["resemblyzer"]))
+    ratios: dict = {"latency": ratio(times["resemblyzer"], times["torch"])}
+    if "onnxruntime" in times:
+        ours["onnxruntime"] = {"latency_ms": 1000 * float(np.median(times["onnxruntime"]))}
+        ratios["latency_onnxruntime"] = ratio(times["resemblyzer"], times["onnxruntime"])
     ratios.update(
-        latency=peer["latency_ms"] / ours["latency_ms"],
         params=peer["params"] / ours["params"],
         macs=peer["macs_per_second"] / ours["macs_per_second"],
     )
@@ -205,6 +221,7 @@ def main(argv=None) -> int:
         "segments_seconds": list(SEGMENTS),
         "load_average_at_start": load,
         "threads": 1,
+        "timing_rounds": args.repeats,
         "clip_seconds": CLIP_SECONDS,
         "torch": torch.__version__,
     }
@@ -263,17 +280,25 @@ def markdown(rows: dict, ratios: dict, meta: dict) -> str:
     ]
     lines += [
         "",
-        f"resemblyzer / lightsv: latency x{ratios['latency']:.1f} (torch)"
+        f"resemblyzer / lightsv: latency {_ratio(ratios['latency'])} (torch)"
         + (
-            f", x{ratios['latency_onnxruntime']:.1f} (lightsv in onnxruntime, "
+            f", {_ratio(ratios['latency_onnxruntime'])} (lightsv in onnxruntime, "
             f"{ours['onnxruntime']['latency_ms']:.1f} ms)"
             if "latency_onnxruntime" in ratios
             else ""
         )
         + f"; parameters x{ratios['params']:.1f}; MACs x{ratios['macs']:.1f}. "
-        f"lightsv model file: {ours['size_bytes']:,} bytes.",
+        f"lightsv model file: {ours['size_bytes']:,} bytes. Latency ratios: median of "
+        f"{meta.get('timing_rounds', 30)} round-robin rounds [interquartile range].",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(r) -> str:
+    """A latency ratio: the per-round median [IQR] (or, in results before round-robin timing, one number)."""
+    if isinstance(r, dict):
+        return f"x{r['median']:.1f} [{r['iqr'][0]:.1f}, {r['iqr'][1]:.1f}]"
+    return f"x{r:.1f}"
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class Embeddings:
         gate = speech.SpeechConfig(margin_s=margin) if vad and margin is not None else vad
         # (streams before the 0.1 s run-up before onsets were cached without a suffix)
         suffix = f"_margin{margin:g}" if margin is not None else f"_onset{STREAM_SPEECH.onset_margin:g}" if vad else ""
+        suffix += "_sure"  # (trajectories before the sure column were cached without it)
         self.stream, self.ms_per_update, self.load = self._streams(cache / f"stream{suffix}.npz", raw, gate)
         # The same streams opened LEAD_IN s before the speaker starts (faint noise first): replayed with
         # the calibration fitted on the streams above, never fitted on.
@@ -134,12 +135,11 @@ class Embeddings:
                 load=os.getloadavg()[0],
             )
         data = np.load(path)
-        ends = np.cumsum(data["counts"])
-        #: per test clip: ([heard, speech, embedded] seconds at each update [n, 3], running embeddings [n, D])
-        streams = {
-            f: (data["seconds"][e - n : e], data["emb"][e - n : e])
-            for f, n, e in zip(self.tests, data["counts"], ends, strict=True)
-        }
+        # each data[key] reads the whole array again: read each once, slice views of it
+        seconds, emb, counts = data["seconds"], data["emb"], data["counts"]
+        ends = np.cumsum(counts)
+        #: per test clip: ([heard, speech, embedded] seconds and sure at each update [n, 4], running embeddings)
+        streams = {f: (seconds[e - n : e], emb[e - n : e]) for f, n, e in zip(self.tests, counts, ends, strict=True)}
         if not vad:  # the speech heard by each update, as the detector would have counted it (not used)
             for f in self.tests:
                 at = streams[f][0].copy()
@@ -182,8 +182,8 @@ def speech_heard(wav: np.ndarray, heard: np.ndarray) -> np.ndarray:
 
 
 def stream_trajectory(verifier, wav: np.ndarray, vad) -> tuple[np.ndarray, np.ndarray]:
-    """([seconds heard, of speech, embedded], running embedding) after every update of a session fed
-    the clip in hops.
+    """([seconds heard, of speech, embedded, sure], running embedding) after every update of a session
+    fed the clip in hops (sure: whether the detector could tell speech from noise, 1 or 0).
 
     The session's LLR is a constant 0 between bounds of +-0.4, so it never decides early and every
     update is recorded; the sequential test is then replayed on these for each trial and error rate
@@ -204,7 +204,7 @@ def stream_trajectory(verifier, wav: np.ndarray, vad) -> tuple[np.ndarray, np.nd
         before = session.updates
         state = session.feed(wav[start : start + hop])
         if session.updates > before:
-            seconds.append((state.seconds, state.speech_seconds, state.embedded_seconds))
+            seconds.append((state.seconds, state.speech_seconds, state.embedded_seconds, state.sure))
             embs.append(session.embedding)
         if state.decided:  # max_seconds
             break
@@ -212,9 +212,9 @@ def stream_trajectory(verifier, wav: np.ndarray, vad) -> tuple[np.ndarray, np.nd
         before = session.updates
         state = session.close()
         if session.updates > before:
-            seconds.append((state.seconds, state.speech_seconds, state.embedded_seconds))
+            seconds.append((state.seconds, state.speech_seconds, state.embedded_seconds, state.sure))
             embs.append(session.embedding)
-    return np.array(seconds).reshape(-1, 3), np.array(embs)
+    return np.array(seconds, dtype=np.float64).reshape(-1, 4), np.array(embs)
 
 
 def calibration_data(lists: dict[str, Embeddings], names) -> tuple[np.ndarray, ...]:
@@ -288,7 +288,9 @@ def replay(e: Embeddings, cal: DurationCalibration, error, hop: float | None = N
         llr = cal.llr(emb @ e.emb[t.enroll], at[:, 2], e.seconds[t.enroll])
         # the session's speech_seconds: the gate's count, or (no gate) everything heard
         spoken = at[:, 1] if e.vad else at[:, 0]
-        crossed = np.flatnonzero(((llr >= accept) | (llr <= reject)) & (spoken >= min_speech))
+        # as the session: a reject bound only where the detector could tell speech from noise
+        bound = (llr >= accept) | ((llr <= reject) & (at[:, 3] > 0.5))
+        crossed = np.flatnonzero(bound & (spoken >= min_speech))
         k = int(crossed[0]) if crossed.size else len(llr) - 1
         seconds.append(at[k])
         decisions.append(llr[k] >= accept if crossed.size else llr[k] >= middle)
@@ -485,7 +487,8 @@ def markdown(results: dict) -> str:
         f"Each test clip fed from its start; an update every {stream['hop_seconds']:g} s of audio, blocks of "
         f"{stream['block_seconds']:g} s with {stream['context_seconds']:g} s of context, forced decision at the "
         f"clip's end or {stream['max_seconds']:g} s of audio; the bounds decide only after "
-        f"{stream.get('min_speech_seconds', 0):g} s of {spoken}. `asked`: the miss = false-accept rate asked of the "
+        f"{stream.get('min_speech_seconds', 0):g} s of {spoken}, a reject bound only on audio the speech detector "
+        "was sure of (`state.sure`). `asked`: the miss = false-accept rate asked of the "
         "sequential test; `audio s`: seconds of audio heard at the decision, mean / 90th percentile; "
         "`speech s`: of them, seconds of detected speech (speech spans, pauses under 1 s included, margins not; "
         "with `--no-vad` counted by the same detector alongside, not used by the stream); "

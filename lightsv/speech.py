@@ -193,6 +193,10 @@ class SpeechGate:
         self.heard = 0
         self.speech = 0
         self.admitted = 0
+        #: whether the last audible frame was judged with loud and quiet frames ``confident_db`` apart,
+        #: by an energy threshold, rather than as "every audible frame" (too little heard to tell, a noisy
+        #: recording, or a run-up of fluctuating noise before anything louder)
+        self.sure = False
 
     @property
     def speech_seconds(self) -> float:
@@ -202,25 +206,25 @@ class SpeechGate:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Judge the frames these samples complete; return the samples now known to be kept."""
-        return self._emit([hop for _, _, hops in self.frames(samples) for hop in hops])
+        return self._emit([hop for _, _, hops, _ in self.frames(samples) for hop in hops])
 
-    def frames(self, samples: np.ndarray) -> list[tuple[int, float, list[np.ndarray]]]:
+    def frames(self, samples: np.ndarray) -> list[tuple[int, float, list[np.ndarray], bool]]:
         """As :meth:`push`, frame by frame: (samples heard when the frame was judged, speech seconds
-        then, the hops it released); only frames that released audio are listed. None of it depends
-        on how the stream was cut into chunks."""
+        then, the hops it released, :attr:`sure` then); only frames that released audio are listed.
+        None of it depends on how the stream was cut into chunks."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         wav = np.concatenate([self._tail, samples]) if self._tail.size else samples
         base = self.heard - self._tail.size  # where wav starts in the stream
         self.heard += len(samples)
         n = 0 if len(wav) < self._frame else (len(wav) - self._frame) // self._hop + 1
-        out: list[tuple[int, float, list[np.ndarray]]] = []
+        out: list[tuple[int, float, list[np.ndarray], bool]] = []
         if n:
             energies = frame_energies_db(wav[: (n - 1) * self._hop + self._frame], self.config)
             for i, energy in enumerate(energies.tolist()):
                 kept = self._judge(wav[i * self._hop : (i + 1) * self._hop], energy)
                 if kept:
                     self.admitted += sum(len(h) for h in kept)
-                    out.append((base + i * self._hop + self._frame, self.speech_seconds, kept))
+                    out.append((base + i * self._hop + self._frame, self.speech_seconds, kept, self.sure))
         self._tail = wav[n * self._hop :].copy()
         return out
 
@@ -251,6 +255,7 @@ class SpeechGate:
         # the floor_percentile of the audible frames, to a bin
         rank = int(np.searchsorted(np.cumsum(self._hist), c.floor_percentile / 100 * self._audible))
         floor = c.absolute_floor_db + (rank + 0.5) * self.BIN_DB
+        self.sure = self._peak - floor >= c.confident_db
         return energy > speech_threshold(floor, self._peak, c)
 
     def _judge(self, hop: np.ndarray, energy: float) -> list[np.ndarray]:

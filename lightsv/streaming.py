@@ -20,6 +20,10 @@ replays such streams). The state reports seconds heard and seconds of speech. A 
 speech cannot be decided: ``close()`` (or ``max_seconds``) raises AudioError "no speech found", as a
 clip without speech does. ``vad=False`` embeds everything fed. The gate holds back at most ~1.6 s
 of audio whose fate is open (the margin before a possible onset, a pause that may be bridged).
+Until it has heard loud and quiet frames far enough apart (``SpeechGate.sure``) the gate takes every
+audible frame for speech, so a run-up of fluctuating noise is embedded: no reject bound decides on
+such audio (noise scores like nobody; an accept needs the speaker's voice), and once speech is
+heard, a run-up of at least :data:`UNSURE_RUN_UP_SECONDS` is dropped and the embedding starts again.
 
 Design. The shipped model (ECAPA-TDNN) pools attentive statistics over the whole clip, and its
 attention reads the clip's global mean and deviation, so a frame-by-frame incremental pass would
@@ -59,6 +63,10 @@ from lightsv.resample import StreamResampler
 from lightsv.speech import SpeechConfig, SpeechGate
 
 DECISIONS = ("accept", "reject", "undecided")
+#: Audio the detector took for speech before it could tell speech from noise (SpeechGate.sure), past
+#: which it is a run-up of noise before the user spoke, dropped once speech is heard. Far longer than
+#: a recording's quiet onset, whose speech it would drop with it.
+UNSURE_RUN_UP_SECONDS = 1.5
 #: The speech detector's settings for streams: the offline detector's, with a short run-up before onsets.
 STREAM_SPEECH = SpeechConfig(onset_margin_s=0.1)
 
@@ -104,6 +112,9 @@ class StreamState:
     reason: str = ""
     speech_seconds: float = 0.0
     embedded_seconds: float = 0.0
+    #: whether the speech detector could tell speech from noise at this update (SpeechGate.sure; always
+    #: without the gate): a reject bound decides only then
+    sure: bool = True
 
     @property
     def decided(self) -> bool:
@@ -181,6 +192,9 @@ class StreamSession:
         self._taken = 0  # samples embedded in total (= heard without the gate)
         self._scored = 0  # samples taken at the last update
         self._sum = np.zeros_like(self._enrolled, dtype=np.float64)  # seconds-weighted finished blocks
+        self._unsure = 0  # samples taken while the gate could not tell speech from noise
+        self._speech_base = 0.0  # the gate's speech seconds when a run-up was dropped
+        self._before_drop: StreamState | None = None  # the last scored state before it, if any
         self._state = StreamState(speaker, 0.0, None, None, "undecided")
         self._running = np.zeros_like(self._enrolled)
         self.updates = 0  # embeddings computed (the cost counter the tests read)
@@ -211,9 +225,12 @@ class StreamSession:
         if self._gate is None:
             self._take(wav, None)
         else:
-            for heard, speech, hops in self._gate.frames(wav):
+            for heard, speech, hops, sure in self._gate.frames(wav):
+                if sure and self._unsure >= UNSURE_RUN_UP_SECONDS * SAMPLE_RATE:
+                    self._drop_run_up(heard, speech)
                 for hop in hops:
-                    self._take(hop, heard, speech)
+                    self._take(hop, heard, speech - self._speech_base, sure)
+                    self._unsure += 0 if sure else len(hop)
                 if self._state.decided:
                     break
         self._heard += len(wav)
@@ -235,12 +252,28 @@ class StreamSession:
     # ------------------------------------------------------------------ internals
 
     def _speech_seconds(self) -> float:
-        return self._gate.speech_seconds if self._gate is not None else self._heard / SAMPLE_RATE
+        if self._gate is None:
+            return self._heard / SAMPLE_RATE
+        return self._gate.speech_seconds - self._speech_base
 
-    def _take(self, wav: np.ndarray, heard: int | None, speech: float | None = None) -> None:
+    def _drop_run_up(self, heard: int, speech: float) -> None:
+        """The detector, sure now, would not have kept the noise it took for speech before: drop all
+        that was embedded and start again from here. (Should the stream end before enough is heard
+        to score again, a noisy recording whose one loud sound came last, the forced decision falls
+        back on what was scored before.)"""
+        self._before_drop = self._state if self._state.llr is not None else None
+        self._buffer[:] = 0
+        self._start = self._fill = self._taken = self._scored = self._unsure = 0
+        self._sum[:] = 0
+        self._running[:] = 0
+        self._speech_base = speech
+        self._state = StreamState(self.speaker, heard / SAMPLE_RATE, None, None, "undecided")
+
+    def _take(self, wav: np.ndarray, heard: int | None, speech: float | None = None, sure: bool = True) -> None:
         """Embed ``wav`` into the blocks, updating at every hop. ``heard``, ``speech``: the samples
         heard and seconds of speech found when the gate released this audio (None: no gate, the
-        audio is the stream itself, heard as it is taken)."""
+        audio is the stream itself, heard as it is taken); ``sure``: whether the gate could tell
+        speech from noise then (a reject bound decides only on audio it could)."""
         pos = 0
         while pos < len(wav) and not self._state.decided:
             # Up to the next hop boundary or the block's end, whichever comes first.
@@ -251,7 +284,7 @@ class StreamSession:
             self._taken += take
             pos += take
             if self._taken - self._scored >= self._hop:
-                self._update(self._heard + pos if heard is None else heard, speech)
+                self._update(self._heard + pos if heard is None else heard, speech, sure)
 
     def _end(self, reason: str) -> None:
         if self._resampler is not None:  # the few ms the resampler still holds
@@ -261,13 +294,14 @@ class StreamSession:
                 if self._state.decided:
                     return
         if self._gate is not None:
-            self._take(self._gate.flush(), self._heard, self._gate.speech_seconds)
+            tail = self._gate.flush()
+            self._take(tail, self._heard, self._speech_seconds(), self._gate.sure)
         if not self._state.decided and self._taken > self._scored:
-            self._update(self._heard, self._speech_seconds())
+            self._update(self._heard, self._speech_seconds(), self._gate is None or self._gate.sure)
         if not self._state.decided:
             self._finish(reason)
 
-    def _update(self, heard: int, speech: float | None) -> None:
+    def _update(self, heard: int, speech: float | None, sure: bool = True) -> None:
         self._scored = self._taken
         seconds, embedded = heard / SAMPLE_RATE, self._taken / SAMPLE_RATE
         speech_seconds = seconds if speech is None else speech
@@ -289,9 +323,9 @@ class StreamSession:
         if speech_seconds >= self.config.min_speech_seconds - 1e-9:
             if llr >= self.accept_bound:
                 decision, reason = "accept", "accept bound"
-            elif llr <= self.reject_bound:
+            elif llr <= self.reject_bound and sure:  # noise scores like nobody: no reject on it
                 decision, reason = "reject", "reject bound"
-        self._state = StreamState(self.speaker, seconds, score, llr, decision, reason, speech_seconds, embedded)
+        self._state = StreamState(self.speaker, seconds, score, llr, decision, reason, speech_seconds, embedded, sure)
         if self._fill == self._buffer.size:  # the block is full: fold it into the sum, keep its tail as context
             self._sum += block_seconds * current
             tail = self._buffer[self._fill - self._context : self._fill].copy()
@@ -300,6 +334,8 @@ class StreamSession:
 
     def _finish(self, reason: str) -> None:
         state = self._state
+        if state.llr is None and self._before_drop is not None:
+            state = self._before_drop
         if state.llr is None:
             heard = self._heard / SAMPLE_RATE
             if self._gate is not None and self._gate.speech == 0:

@@ -258,6 +258,45 @@ def test_streams_keep_a_short_run_up_before_an_onset_and_clips_the_detector_marg
     assert s.state.embedded_seconds <= 1.0 + 0.1 + 0.02  # the speech heard and 0.1 s of the lead-in
 
 
+def fluctuating(seconds, seed=7):
+    """Faint noise whose level swings by 12 dB (a fan cycling, passing traffic): no speech, but too
+    uneven for the detector to call it steady before anything louder has been heard."""
+    t = np.arange(int(seconds * SR)) / SR
+    return quiet(seconds, seed) * (10 ** (6 * np.sin(2 * np.pi * 0.7 * t) / 20)).astype(np.float32)
+
+
+def test_a_fluctuating_run_up_never_rejects_and_is_dropped_once_speech_is_heard():
+    from lightsv import speech
+
+    gate, _, _ = gate_run(fluctuating(3.0), [160])
+    assert not gate.sure and gate.admitted > 2.0 * SR  # taken for a noisy recording's speech, for now
+    gate, _, _ = gate_run(np.concatenate([fluctuating(3.0), talk(1.0)]), [160])
+    assert gate.sure
+    assert len(speech.trim(np.concatenate([fluctuating(3.0), talk(1.0)]))) < 1.7 * SR  # offline: dropped
+    # a reject bound does not decide on it; once speech is heard it is dropped and the speech decides
+    s = session(llr=lambda score, t: -10.0, error=0.05, vad=True)
+    run_up = feed(s, fluctuating(3.0), [160])
+    assert not run_up[-1].decided and run_up[-1].score is not None and not run_up[-1].sure
+    last = feed(s, talk(2.0), [160])[-1]
+    assert (last.decision, last.reason, last.sure) == ("reject", "reject bound", True)
+    assert last.seconds < 3.0 + 1.0 and last.embedded_seconds < 1.0  # on the speech, not on the run-up
+    assert 0.5 <= last.speech_seconds < 1.0  # speech counted from the talk, not the run-up
+    # an accept bound may: noise matches nobody, so an accept on it is the model's call, not the run-up's
+    s = session(llr=lambda score, t: 10.0, error=0.05, vad=True)
+    assert feed(s, fluctuating(3.0), [160])[-1].decision == "accept"
+    # a stream ending right after its first loud sound is decided on what was scored before the drop
+    s = session(vad=True)
+    state = feed(s, fluctuating(3.0), [160])[-1]
+    assert state.score is not None  # scored on the run-up
+    assert feed(s, talk(0.06, seed=9), [160])[-1].score is None  # dropped, too little since to score
+    closed = s.close()
+    assert closed.decided and closed.reason == "closed" and closed.score == state.score
+    # a shorter stretch taken before the detector was sure (a quiet onset, say) is kept, and counted
+    s = session(vad=True)
+    feed(s, np.concatenate([fluctuating(1.0), talk(1.0)]), [160])
+    assert s.state.speech_seconds > 1.1
+
+
 def test_speech_aware_streams_do_not_depend_on_the_chunk_size():
     wav = np.concatenate([quiet(1.3), talk(2.2), quiet(1.7, 3), talk(1.4, 4), quiet(0.4)])
     runs = []

@@ -63,9 +63,9 @@ from lightsv.resample import StreamResampler
 from lightsv.speech import SpeechConfig, SpeechGate
 
 DECISIONS = ("accept", "reject", "undecided")
-#: Audio the detector took for speech before it could tell speech from noise (SpeechGate.sure), past
-#: which it is a run-up of noise before the user spoke, dropped once speech is heard. Far longer than
-#: a recording's quiet onset, whose speech it would drop with it.
+#: Audio the detector took for speech at a stream's start, before it could first tell speech from
+#: noise (SpeechGate.sure), past which it is a run-up of noise before the user spoke, dropped once
+#: speech is heard. Far longer than a recording's quiet onset, whose speech it would drop with it.
 UNSURE_RUN_UP_SECONDS = 1.5
 #: The speech detector's settings for streams: the offline detector's, with a short run-up before onsets.
 STREAM_SPEECH = SpeechConfig(onset_margin_s=0.1)
@@ -193,6 +193,7 @@ class StreamSession:
         self._scored = 0  # samples taken at the last update
         self._sum = np.zeros_like(self._enrolled, dtype=np.float64)  # seconds-weighted finished blocks
         self._unsure = 0  # samples taken while the gate could not tell speech from noise
+        self._was_sure = False  # it could, for some audio taken: what came before that was no run-up
         self._speech_base = 0.0  # the gate's speech seconds when a run-up was dropped
         self._before_drop: StreamState | None = None  # the last scored state before it, if any
         self._state = StreamState(speaker, 0.0, None, None, "undecided")
@@ -226,11 +227,12 @@ class StreamSession:
             self._take(wav, None)
         else:
             for heard, speech, hops, sure in self._gate.frames(wav):
-                if sure and self._unsure >= UNSURE_RUN_UP_SECONDS * SAMPLE_RATE:
+                if sure and not self._was_sure and self._unsure >= UNSURE_RUN_UP_SECONDS * SAMPLE_RATE:
                     self._drop_run_up(heard, speech)
                 for hop in hops:
                     self._take(hop, heard, speech - self._speech_base, sure)
                     self._unsure += 0 if sure else len(hop)
+                    self._was_sure = self._was_sure or sure
                 if self._state.decided:
                     break
         self._heard += len(wav)

@@ -291,6 +291,11 @@ def test_a_fluctuating_run_up_never_rejects_and_is_dropped_once_speech_is_heard(
     assert feed(s, talk(0.06, seed=9), [160])[-1].score is None  # dropped, too little since to score
     closed = s.close()
     assert closed.decided and closed.reason == "closed" and closed.score == state.score
+    # only a run-up at the start is dropped: here loud noise after the first words makes the detector
+    # unsure for over 3 s, then louder speech makes it sure again; nothing heard is dropped
+    s = session(vad=True)
+    feed(s, np.concatenate([talk(0.3), 0.5 * noise(4.0, 4), 3.0 * talk(0.5, 5)]), [160])
+    assert s.state.sure and s.state.speech_seconds > 4.0
     # a shorter stretch taken before the detector was sure (a quiet onset, say) is kept, and counted
     s = session(vad=True)
     feed(s, np.concatenate([fluctuating(1.0), talk(1.0)]), [160])

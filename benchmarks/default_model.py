@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,9 @@ from lightsv.plots import det_plot
 from lightsv.profile import EXTRA_FLOP_FORMULAS
 from lightsv.train.evaluation import families
 from lightsv.verifier import DEFAULT_MODEL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edge import interleaved_times  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "data" / "speech"
@@ -141,25 +143,6 @@ def cost(system, wav: np.ndarray) -> dict:
     return {"params": system.params, "macs_per_second": counter.get_total_flops() / 2 / CLIP_SECONDS}
 
 
-def latencies(systems: dict, wav: np.ndarray, repeats: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each system, timed round-robin: one call of each per round."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for system in systems.values():
-            for _ in range(3):
-                system.embed_raw(wav)
-        times: dict[str, list[float]] = {name: [] for name in systems}
-        for _ in range(repeats):
-            for name, system in systems.items():
-                start = time.perf_counter()
-                system.embed_raw(wav)
-                times[name].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return {name: np.array(t) for name, t in times.items()}
-
-
 def ratio(slow: np.ndarray, fast: np.ndarray) -> dict:
     """The median and interquartile range of the per-round ratios slow / fast."""
     per_round = slow / fast
@@ -203,7 +186,8 @@ def main(argv=None) -> int:
     except ImportError:
         print("onnxruntime not installed: no ONNX latency", file=sys.stderr)
     print(f"timing {', '.join(timed)} round-robin ...", file=sys.stderr)
-    times = latencies(timed, clip, args.repeats)
+    calls = [lambda system=system: system.embed_raw(clip) for system in timed.values()]
+    times = dict(zip(timed, interleaved_times(calls, args.repeats), strict=True))  # on main's one thread
     ours["latency_ms"] = 1000 * float(np.median(times["torch"]))
     peer["latency_ms"] = 1000 * float(np.median(times["resemblyzer"]))
     ratios: dict = {"latency": ratio(times["resemblyzer"], times["torch"])}

@@ -55,9 +55,10 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def interleaved_ms(fns: list, repeats: int, warmup: int = 3) -> list[float]:
-    """Median ms of each function, timed round-robin (one call of each per round), so that the load of a
-    shared machine, which drifts over minutes, weighs on every system alike."""
+def interleaved_times(fns: list, repeats: int, warmup: int = 3) -> list[np.ndarray]:
+    """Seconds per call of each function, one per round, timed round-robin (one call of each per
+    round), so that the load of a shared machine, which drifts over minutes, weighs on every system
+    alike; round i of one function is comparable with round i of another."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -67,7 +68,12 @@ def interleaved_ms(fns: list, repeats: int, warmup: int = 3) -> list[float]:
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
-    return [1000 * statistics.median(t) for t in times]
+    return [np.array(t) for t in times]
+
+
+def interleaved_ms(fns: list, repeats: int, warmup: int = 3) -> list[float]:
+    """Median ms of each function, timed round-robin (interleaved_times)."""
+    return [1000 * statistics.median(t.tolist()) for t in interleaved_times(fns, repeats, warmup)]
 
 
 def sgemm_macs_per_second() -> float:

@@ -4,6 +4,8 @@
     python benchmarks/streaming.py --no-vad             # clips and streams raw: results/streaming_raw.{json,md}
     python benchmarks/streaming.py --stream-margin 0.1  # streams gated with 0.1 s margins: streaming_margin0.1.*
     python benchmarks/streaming.py --calibrate-into lightsv/assets/default.pt   # + the pooled fit into a checkpoint
+    python benchmarks/streaming.py --cohort default     # AS-norm scores: results/streaming_asnorm.{json,md}
+    python benchmarks/streaming.py --cohort default --calibrate-into lightsv/assets/cohort.npz  # + fit into it
 
 Needs the dev data beside the repo (../shared/data/speech). Embedded by the shipped model in
 onnxruntime on one thread (the same model id as default.pt). As the verifier does by default, clips
@@ -78,8 +80,10 @@ def centre(wav: np.ndarray, seconds: float) -> np.ndarray:
 class Embeddings:
     """Whole-clip, centre-cut and stream embeddings of a list's clips, cached on disk."""
 
-    def __init__(self, verifier, root: Path, trials, cache: Path, vad: bool, margin: float | None = None):
+    def __init__(self, verifier, root: Path, trials, cache: Path, vad: bool, margin: float | None = None, cohort=None):
         self.v, self.root, self.trials = verifier, root, trials
+        #: (cohort embeddings, top_n) for AS-norm scores, or None: raw cosines
+        self.cohort = cohort
         self.files = sorted({p for t in trials for p in (t.enroll, t.test)})
         self.tests = sorted({t.test for t in trials})
         cache.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,38 @@ class Embeddings:
         # ... and after LEAD_IN s of the recording's own background (its quietest 0.2 s, tiled)
         path = cache / f"stream_room{LEAD_IN:g}{suffix}.npz"
         self.room_in, _, _ = self._streams(path, lambda f: room_in(raw(f)), gate)
+        # each embedding's cohort statistics, once (AS-norm needs them for both sides of every trial)
+        self.whole_stats = dict(zip(self.files, self.cohort_stats(np.stack(list(self.emb.values()))), strict=True))
+        self.cut_stats = {
+            s: dict(zip(self.tests, self.cohort_stats(np.stack([cut[f] for f in self.tests])), strict=True))
+            for s, cut in self.cut.items()
+        }
+        for streams in (self.stream, self.lead_in, self.room_in):
+            for f, (at, emb, _) in streams.items():
+                streams[f] = (at, emb, self.cohort_stats(emb))
+
+    def cohort_stats(self, rows: np.ndarray) -> np.ndarray:
+        """[n, 2]: mean and standard deviation of each row's top_n cohort scores (zeros, ones: no cohort)."""
+        if self.cohort is None:
+            return np.tile(np.array([0.0, 1.0]), (len(rows), 1))
+        members, top_n = self.cohort
+        out = []
+        for start in range(0, len(rows), 4096):  # [rows, cohort] scores a block at a time
+            scores = rows[start : start + 4096] @ members.T
+            n = min(top_n, scores.shape[1])
+            top = np.partition(scores, scores.shape[1] - n, axis=1)[:, -n:]
+            out.append(np.stack([top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)], axis=1))
+        return np.concatenate(out) if out else np.zeros((0, 2))
+
+    def score(self, enroll: str, rows: np.ndarray, stats: np.ndarray):
+        """Scores of test embedding(s) ``rows`` (with their cohort ``stats``) against clip ``enroll``:
+        the cosine, or AS-norm as ``Verifier.score`` computes it when there is a cohort."""
+        raw = rows @ self.emb[enroll]
+        if self.cohort is None:
+            return raw
+        m_e, s_e = self.whole_stats[enroll]
+        stats = np.asarray(stats)
+        return 0.5 * ((raw - m_e) / s_e + (raw - stats[..., 0]) / stats[..., 1])
 
     def _streams(self, path: Path, clip, vad) -> tuple[dict, float, float | None]:
         """Trajectories of every test clip, ms per update and the load average when they were computed."""
@@ -138,13 +174,16 @@ class Embeddings:
         # each data[key] reads the whole array again: read each once, slice views of it
         seconds, emb, counts = data["seconds"], data["emb"], data["counts"]
         ends = np.cumsum(counts)
-        #: per test clip: ([heard, speech, embedded] seconds and sure at each update [n, 4], running embeddings)
-        streams = {f: (seconds[e - n : e], emb[e - n : e]) for f, n, e in zip(self.tests, counts, ends, strict=True)}
+        #: per test clip: ([heard, speech, embedded] seconds and sure at each update [n, 4], running embeddings,
+        #: their cohort statistics, filled in by __init__)
+        streams = {
+            f: (seconds[e - n : e], emb[e - n : e], None) for f, n, e in zip(self.tests, counts, ends, strict=True)
+        }
         if not vad:  # the speech heard by each update, as the detector would have counted it (not used)
             for f in self.tests:
                 at = streams[f][0].copy()
                 at[:, 1] = speech_heard(clip(f), at[:, 0])
-                streams[f] = (at, streams[f][1])
+                streams[f] = (at, streams[f][1], None)
         return streams, float(data["ms_per_update"]), float(data["load"]) if "load" in data else None
 
 
@@ -225,14 +264,16 @@ def calibration_data(lists: dict[str, Embeddings], names) -> tuple[np.ndarray, .
     for name in names:
         e = lists[name]
         for t in e.trials:
-            enr, enroll_seconds = e.emb[t.enroll], e.seconds[t.enroll]
-            length = e.seconds[t.test]
-            embedded, stream = e.stream[t.test][0][:, 2], e.stream[t.test][1]
+            enroll_seconds, length = e.seconds[t.enroll], e.seconds[t.test]
+            at, stream, stats = e.stream[t.test]
+            embedded = at[:, 2]
             for s in SEGMENTS:
-                rows.append((float(enr @ e.cut[s][t.test]), t.label, min(s, length), enroll_seconds))
+                score = e.score(t.enroll, e.cut[s][t.test], e.cut_stats[s][t.test])
+                rows.append((float(score), t.label, min(s, length), enroll_seconds))
                 k = min(int(np.searchsorted(embedded, s - 1e-9)), len(embedded) - 1)
-                rows.append((float(enr @ stream[k]), t.label, embedded[k], enroll_seconds))
-            rows.append((float(enr @ e.emb[t.test]), t.label, length, enroll_seconds))
+                rows.append((float(e.score(t.enroll, stream[k], stats[k])), t.label, embedded[k], enroll_seconds))
+            score = e.score(t.enroll, e.emb[t.test], e.whole_stats[t.test])
+            rows.append((float(score), t.label, length, enroll_seconds))
     return tuple(np.array(c) for c in zip(*rows, strict=True))
 
 
@@ -248,8 +289,8 @@ def duration_table(e: Embeddings, cal: DurationCalibration, raw_threshold: float
     out = {}
     pooled_raw, pooled_llr, pooled_labels = [], [], []
     for s in (*SEGMENTS, "whole"):
-        tests = e.emb if s == "whole" else e.cut[s]
-        raw = np.array([float(e.emb[t.enroll] @ tests[t.test]) for t in e.trials])
+        tests, stats = (e.emb, e.whole_stats) if s == "whole" else (e.cut[s], e.cut_stats[s])
+        raw = np.array([float(e.score(t.enroll, tests[t.test], stats[t.test])) for t in e.trials])
         length = np.array([e.seconds[t.test] if s == "whole" else min(s, e.seconds[t.test]) for t in e.trials])
         llr = cal.llr(raw, length, enroll)
         out[str(s)] = {
@@ -279,13 +320,13 @@ def replay(e: Embeddings, cal: DurationCalibration, error, hop: float | None = N
     labels = np.array([t.label for t in e.trials])
     seconds, decisions, early = [], [], []
     for t in e.trials:
-        at, emb = (streams or e.stream)[t.test]
+        at, emb, stats = (streams or e.stream)[t.test]
         if hop is not None:
             steps = at[:, 2] / hop
             keep = np.abs(steps - np.round(steps)) < 1e-6
             keep[-1] = True
-            at, emb = at[keep], emb[keep]
-        llr = cal.llr(emb @ e.emb[t.enroll], at[:, 2], e.seconds[t.enroll])
+            at, emb, stats = at[keep], emb[keep], stats[keep]
+        llr = cal.llr(e.score(t.enroll, emb, stats), at[:, 2], e.seconds[t.enroll])
         # the session's speech_seconds: the gate's count, or (no gate) everything heard
         spoken = at[:, 1] if e.vad else at[:, 0]
         # as the session: a reject bound only where the detector could tell speech from noise
@@ -320,13 +361,15 @@ def windows(e: Embeddings) -> dict:
     """EER of the stream's score after its first 1 s / 2 s of speech (with the gate; or of audio
     without it), or the whole clip if shorter, and of the whole clip."""
     labels = np.array([t.label for t in e.trials])
-    out = {"whole": metrics.eer([float(e.emb[t.enroll] @ e.emb[t.test]) for t in e.trials], labels)}
+    whole = [float(e.score(t.enroll, e.emb[t.test], e.whole_stats[t.test])) for t in e.trials]
+    out = {"whole": metrics.eer(whole, labels)}
     for w in WINDOWS:
         scores = []
         for t in e.trials:
-            spoken, emb = e.stream[t.test][0][:, 1 if e.vad else 0], e.stream[t.test][1]
+            at, emb, stats = e.stream[t.test]
+            spoken = at[:, 1 if e.vad else 0]
             k = min(int(np.searchsorted(spoken, w - 1e-9)), len(spoken) - 1)
-            scores.append(float(emb[k] @ e.emb[t.enroll]))
+            scores.append(float(e.score(t.enroll, emb[k], stats[k])))
         out[f"{w:g}s"] = metrics.eer(scores, labels)
     return out
 
@@ -349,11 +392,30 @@ def main(argv=None) -> int:
         "results/streaming_margin<S>.{json,md}",
     )
     parser.add_argument(
-        "--calibrate-into", type=Path, help="also fit on every list pooled and store it in this checkpoint"
+        "--cohort",
+        metavar="FILE",
+        help="score with AS-norm against this cohort file ('default': the shipped one) instead of raw cosines; "
+        "results/streaming_asnorm.{json,md}",
+    )
+    parser.add_argument(
+        "--calibrate-into",
+        type=Path,
+        help="also fit on every list pooled and store it in this checkpoint (with --cohort: in this cohort file)",
     )
     args = parser.parse_args(argv)
     verifier = lightsv.Verifier.load(args.model, backend="auto" if args.model else "onnx", vad=False, threads=1)
-    if args.calibrate_into:  # checked before the long part: the fit holds only for the model that scored
+    cohort = None
+    if args.cohort:
+        from lightsv import cohort as cohorts
+
+        try:
+            saved = cohorts.read(args.cohort, verifier.model_id)
+        except lightsv.LightsvError as err:
+            parser.error(str(err))
+        cohort = (saved.embeddings, saved.top_n or lightsv.verifier.TOP_N)
+        if args.calibrate_into and args.calibrate_into.resolve() != cohorts.read_path(args.cohort).resolve():
+            parser.error("with --cohort, --calibrate-into names that cohort file (its AS-norm scores were fitted)")
+    if args.calibrate_into and not args.cohort:  # checked before the long part: the fit holds only for its model
         from lightsv.checkpoint import load_model
         from lightsv.verifier import model_id
 
@@ -370,7 +432,7 @@ def main(argv=None) -> int:
         mode = "speech" if args.vad else "raw"
         cache = args.cache / verifier.model_id.replace(":", "_") / mode / Path(name).stem
         lists[name] = Embeddings(
-            verifier, args.speech / "wav", read_trials(args.speech / name), cache, args.vad, args.stream_margin
+            verifier, args.speech / "wav", read_trials(args.speech / name), cache, args.vad, args.stream_margin, cohort
         )
     results: dict = {"lists": {}}
     for name, e in lists.items():
@@ -394,8 +456,11 @@ def main(argv=None) -> int:
     meta = {
         "command": "python benchmarks/streaming.py"
         + ("" if args.vad else " --no-vad")
-        + ("" if args.stream_margin is None else f" --stream-margin {args.stream_margin:g}"),
+        + ("" if args.stream_margin is None else f" --stream-margin {args.stream_margin:g}")
+        + ("" if args.cohort is None else f" --cohort {args.cohort}"),
         "vad": args.vad,
+        "score_norm": "none" if cohort is None else "asnorm",
+        "cohort": None if cohort is None else {"file": args.cohort, "size": len(cohort[0]), "top_n": cohort[1]},
         "stream_margin": speech.SpeechConfig().margin_s if args.stream_margin is None else args.stream_margin,
         "stream_onset_margin": STREAM_SPEECH.onset_margin if args.stream_margin is None else args.stream_margin,
         "model_id": verifier.model_id,
@@ -409,16 +474,23 @@ def main(argv=None) -> int:
         s, y, t, en = calibration_data(lists, list(lists))
         how = " (test side whole and cut to 0.25-3 s from its centre and from its start)"
         how += ", speech-trimmed clips and speech-gated streams" if args.vad else ", raw clips and streams"
+        how += ", AS-norm scores" if cohort else ""
         cal = fit(s, y, t, en, trials=" + ".join(lists) + how)
-        from lightsv.checkpoint import read_checkpoint
+        if cohort:
+            from lightsv import cohort as cohorts
 
-        calibration = dict(read_checkpoint(args.calibrate_into).get("extra", {}).get("calibration") or {})
-        write_calibration(args.calibrate_into, {**calibration, "duration": cal.as_dict()})
+            cohorts.write_duration(args.calibrate_into, cal.as_dict())
+        else:
+            from lightsv.checkpoint import read_checkpoint
+
+            calibration = dict(read_checkpoint(args.calibrate_into).get("extra", {}).get("calibration") or {})
+            write_calibration(args.calibrate_into, {**calibration, "duration": cal.as_dict()})
         results["shipped_calibration"] = cal.as_dict()
         print(f"duration calibration written into {args.calibrate_into}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "streaming" if args.vad else "streaming_raw"
     stem += "" if args.stream_margin is None else f"_margin{args.stream_margin:g}"
+    stem += "" if cohort is None else "_asnorm"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (args.out / f"{stem}.md").write_text(text)
@@ -428,6 +500,8 @@ def main(argv=None) -> int:
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
+    cohort = meta.get("cohort")
+    raw = "raw cosine" if cohort is None else "AS-norm score"
     lines = [
         f"Written by `{meta['command']}` (model {meta['model_id']}, {meta['backend']}; load average "
         f"{meta['load_average_at_start']:.1f} at start of this run; the streams' timings may come from the cache). "
@@ -443,14 +517,21 @@ def markdown(results: dict) -> str:
             )
             if meta.get("vad", False)
             else "Raw (`--no-vad`): clips and streams embedded whole, silence included."
+        )
+        + (
+            ""
+            if cohort is None
+            else f" Scores: AS-norm against the cohort `{cohort['file']}` ({cohort['size']} speakers, top "
+            f"{cohort['top_n']}), as `set_cohort` gives; the streams' running embeddings are normalised at every "
+            "update."
         ),
         "",
         "## Duration-aware scores",
         "",
         "`@s`: test side cut to its central s seconds (clips already shorter stay whole; of the trimmed clip when "
-        "speech-aware). EER of the raw "
-        "cosine and of the LLR; then the half total error rate (mean of miss and false accept) of one decision "
-        "rule for every length: raw cosine at one threshold (the EER threshold of the calibration data pooled "
+        f"speech-aware). EER of the {raw} "
+        "and of the LLR; then the half total error rate (mean of miss and false accept) of one decision "
+        f"rule for every length: {raw} at one threshold (the EER threshold of the calibration data pooled "
         "over lengths) against LLR >= 0.",
     ]
     for name, r in results["lists"].items():
@@ -462,9 +543,9 @@ def markdown(results: dict) -> str:
             "",
             "| | " + " | ".join(f"@{k}" if k not in ("whole", "pooled") else k for k in keys) + " |",
             "|---" * (len(keys) + 1) + "|",
-            "| EER raw cosine | " + " | ".join(f"{d[k]['eer_raw']:.2f}" for k in keys) + " |",
+            f"| EER {raw} | " + " | ".join(f"{d[k]['eer_raw']:.2f}" for k in keys) + " |",
             "| EER duration-aware LLR | " + " | ".join(f"{d[k]['eer_llr']:.2f}" for k in keys) + " |",
-            "| HTER raw, one threshold (miss/FA) | "
+            f"| HTER {raw}, one threshold (miss/FA) | "
             + " | ".join(
                 f"{d[k]['raw_one_threshold']['hter']:.2f} ({d[k]['raw_one_threshold']['miss']:.0f}/"
                 f"{d[k]['raw_one_threshold']['fa']:.0f})"

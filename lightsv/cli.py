@@ -120,8 +120,8 @@ def _add_decision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cohort",
         metavar="FILE",
-        help="score with AS-norm against a cohort file and decide on its calibrated thresholds; "
-        "'default': the cohort shipped for the shipped model",
+        help="score with AS-norm against a cohort file and decide on its calibrated thresholds (its "
+        "duration-aware LLR where it has one, as for --stream); 'default': the cohort shipped for the shipped model",
     )
 
 
@@ -281,8 +281,6 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    if args.stream and args.cohort:
-        raise ConfigError("--cohort does not apply to --stream: streams decide on the duration-calibrated raw score")
     if args.stream:
         from lightsv.streaming import run_stream_command
 

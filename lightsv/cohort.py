@@ -49,9 +49,24 @@ def save(
     rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     meta = {"format": FORMAT, "model_id": model_id, "top_n": top_n, "calibration": calibration, **notes}
     path = Path(path)
-    with open(path, "wb") as f:  # np.savez on a name would append ".npz" to any other suffix
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:  # np.savez on a name would append ".npz" to any other suffix
         np.savez(f, embeddings=rows.astype(np.float16), meta=np.array(json.dumps(meta)))
+    os.replace(partial, path)  # a failed write leaves the old file whole
     return path
+
+
+def write_duration(path: str | os.PathLike, duration: dict) -> Path:
+    """Store a duration-aware calibration fitted on AS-norm scores with this cohort
+    (:mod:`lightsv.duration`, ``as_dict()``) in the cohort file, beside its thresholds."""
+    path = read_path(path)
+    saved = read(path)
+    with np.load(path, allow_pickle=False) as data:
+        rows, meta = data["embeddings"], json.loads(str(data["meta"]))
+    calibration = dict(saved.calibration or {"score_norm": "asnorm", "top_n": saved.top_n})
+    calibration["duration"] = duration
+    notes = {k: v for k, v in meta.items() if k not in ("format", "model_id", "top_n", "calibration")}
+    return save(path, rows, model_id=saved.model_id, top_n=saved.top_n, calibration=calibration, **notes)
 
 
 def names_a_file(source) -> bool:
@@ -59,10 +74,15 @@ def names_a_file(source) -> bool:
     return isinstance(source, (str, os.PathLike)) and (str(source) == "default" or str(source).endswith(".npz"))
 
 
+def read_path(path: str | os.PathLike) -> Path:
+    """The file ``path`` names ("default": the shipped cohort)."""
+    return DEFAULT_COHORT if str(path) == "default" else Path(path)
+
+
 def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
     """The cohort in ``path`` ("default": the shipped one); CheckpointError when it is not a cohort
     file or was made with another model than ``model_id``."""
-    path = DEFAULT_COHORT if str(path) == "default" else Path(path)
+    path = read_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such cohort file")
     try:

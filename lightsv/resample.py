@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from lightsv.audio import SAMPLE_RATE, _rate
+from lightsv.errors import ConfigError
 
 
 class StreamResampler:
@@ -31,6 +32,7 @@ class StreamResampler:
         g = math.gcd(rate, target)
         self.up, self.down = target // g, rate // g
         self._same = self.up == self.down  # nothing to do (resample_poly is not called either)
+        self._flushed = False
         if self._same:
             return
         # resample_poly's filter and alignment (scipy.signal._signaltools.resample_poly)
@@ -50,6 +52,8 @@ class StreamResampler:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Resample the next chunk; returns the output samples whose input is complete."""
+        if self._flushed:  # the zeros flush() assumed after the end would sit between the two parts
+            raise ConfigError("this StreamResampler was flushed (its input ended); start a new one")
         if self._same:
             return np.asarray(samples, dtype=np.float32).reshape(-1)
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
@@ -61,7 +65,11 @@ class StreamResampler:
         return out
 
     def flush(self) -> np.ndarray:
-        """The remaining output, the input taken as ending here (zeros beyond, as ``resample_poly`` does)."""
+        """The remaining output, the input taken as ending here (zeros beyond, as ``resample_poly`` does);
+        the resampler is then finished (pushing more is a ConfigError; flushing again gives nothing)."""
+        if self._flushed:
+            return np.zeros(0, dtype=np.float32)
+        self._flushed = True
         if self._same:
             return np.zeros(0, dtype=np.float32)
         end = self._first + -(-self._seen * self.up // self.down)  # resample_poly's output length

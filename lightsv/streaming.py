@@ -98,8 +98,9 @@ class StreamConfig:
 @dataclass(frozen=True)
 class StreamState:
     """The running state: ``seconds`` of audio heard, ``speech_seconds`` of them detected as speech
-    (all of them without speech detection), the running ``score`` (cosine) and ``llr`` (None until
-    there is enough speech for the model), and ``decision``: accept, reject or undecided.
+    (all of them without speech detection), the running ``score`` (cosine, or AS-norm with a cohort)
+    and ``llr`` (None until there is enough speech for the model), and ``decision``: accept, reject or
+    undecided.
     ``embedded_seconds``: the audio the running embedding is of (the speech with its margins; the
     LLR's duration)."""
 
@@ -145,7 +146,9 @@ class StreamSession:
     ``sample_rate``: of the samples fed; other rates than 16 kHz are resampled as they come
     (:class:`lightsv.resample.StreamResampler`: the samples loading the whole clip would give).
 
-    ``embed``: waveform -> unit embedding; ``llr``: (score, seconds embedded) -> LLR. ``vad``: pass
+    ``embed``: waveform -> unit embedding; ``score``: running embedding -> score (default: its cosine
+    with ``enrolled``; the verifier passes AS-norm when it has a cohort); ``llr``: (score, seconds
+    embedded) -> LLR. ``vad``: pass
     the stream through :class:`lightsv.speech.SpeechGate` first (with :data:`STREAM_SPEECH`), so that
     only speech (with its margins) is embedded and counted as evidence (a
     :class:`lightsv.speech.SpeechConfig`: with those settings); False embeds everything fed.
@@ -159,6 +162,7 @@ class StreamSession:
         llr: Callable[[float, float], float],
         *,
         min_seconds: float,
+        score: Callable[[np.ndarray], float] | None = None,
         max_seconds: float = 6.0,
         error=0.05,
         config: StreamConfig | None = None,
@@ -179,6 +183,7 @@ class StreamSession:
         self._max = int(round(self.max_seconds * SAMPLE_RATE))
         self._enrolled = np.asarray(enrolled, dtype=np.float32)
         self._embed, self._llr = embed, llr
+        self._score = score or (lambda running: float(running @ self._enrolled))
         self._min = int(math.ceil(min_seconds * SAMPLE_RATE))
         self._hop = int(round(self.config.hop_seconds * SAMPLE_RATE))
         self._block = int(round(self.config.block_seconds * SAMPLE_RATE))
@@ -319,7 +324,7 @@ class StreamSession:
         block_seconds = (self._fill - self._start) / SAMPLE_RATE
         total = self._sum + block_seconds * current
         self._running = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
-        score = float(self._running @ self._enrolled)
+        score = float(self._score(self._running))
         llr = float(self._llr(score, embedded))
         decision, reason = "undecided", ""
         if speech_seconds >= self.config.min_speech_seconds - 1e-9:

@@ -15,7 +15,9 @@ Thresholds come from the checkpoint's calibration (``extra["calibration"]``, wri
 :func:`lightsv.calibrate.write_calibration` from scored trials): the EER threshold by default, or
 the threshold at a target false-accept rate (``operating_point="far=0.01"``), or ``threshold=``.
 With a cohort (:meth:`Verifier.set_cohort`) scores are AS-norm normalised, on another scale, so only a
-calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then. A decision
+calibration made from AS-norm scores (``"score_norm": "asnorm"``) gives a threshold then; a cohort
+file may also carry a duration-aware calibration of its AS-norm scores, which ``verify`` and
+``stream`` then decide with, as they do with the model's for raw cosines. A decision
 is never left undecided: where there is no threshold for the scores, ``verify`` and ``identify`` raise
 :class:`~lightsv.errors.ThresholdError` saying how to get one (``score`` and ``compare`` still score).
 
@@ -77,7 +79,8 @@ class Verification:
 
     With a duration-aware calibration (:mod:`lightsv.duration`) ``llr`` is the score's log-likelihood
     ratio given the ``seconds`` of audio embedded, the decision is made on it, and ``threshold`` is the
-    cosine that LLR threshold amounts to at this duration; otherwise both are None."""
+    score (cosine, or AS-norm with a cohort) that LLR threshold amounts to at this duration; otherwise
+    both are None."""
 
     speaker: str
     score: float
@@ -140,12 +143,11 @@ class Verifier:
         self.calibration = extra.get("calibration")
         self._operating_point = operating_point
         self._calibrated = _calibrated_threshold(self.calibration, operating_point, threshold, source)
-        self.duration = _duration_calibration(self.calibration, source)
-        self._llr_threshold = (
-            None
-            if self.duration is None
-            else self.duration.llr_threshold(parse_operating_point(operating_point or "eer"))
-        )
+        # (duration calibration, LLR threshold at the operating point) for raw scores and, once a
+        # cohort file brings one, for its AS-norm scores
+        raw = not isinstance(self.calibration, dict) or self.calibration.get("score_norm", "none") == "none"
+        self._raw_duration = _duration_rule(self.calibration, operating_point, source) if raw else None
+        self._cohort_duration: tuple[Any, float] | None = None
         self.threshold_override = None if threshold is None else _finite(threshold, "threshold")
         self._cohort: np.ndarray | None = None
         self.top_n = TOP_N
@@ -314,7 +316,8 @@ class Verifier:
     ) -> Verification | SpoofAwareVerification:
         """Score ``clip`` against enrolled speaker ``name`` and decide at the threshold.
 
-        With a duration-aware calibration (and no ``threshold=`` override or cohort) the decision is
+        With a duration-aware calibration of the current scores (the model's for raw cosines, the
+        cohort file's for AS-norm; and no ``threshold=`` override) the decision is
         ``llr >= `` the operating point's LLR threshold; ``enrolled_seconds``: how much audio the
         enrollment held (default: the calibration's typical enrollment; the store does not record it).
         Raises ThresholdError, before any work, when there is no threshold for the current scores.
@@ -333,12 +336,12 @@ class Verifier:
                 enrolled_seconds=enrolled_seconds,
                 countermeasure=countermeasure,
             )
-        threshold = self.decision_threshold()
-        enrolled = self.speaker_embedding(name)
         if not self._uses_llr:
-            score = self.score(enrolled, self.embed(clip, sample_rate=sample_rate))
+            threshold = self.decision_threshold()
+            score = self.score(self.speaker_embedding(name), self.embed(clip, sample_rate=sample_rate))
             return Verification(name, score, threshold, bool(score >= threshold))
         assert self.duration is not None and self._llr_threshold is not None
+        enrolled = self.speaker_embedding(name)
         wav = self._speech(load_audio(clip, sample_rate, min_seconds=self.min_seconds), clip)
         seconds = len(wav) / SAMPLE_RATE
         score = self.score(enrolled, self._forward([wav])[0])
@@ -347,8 +350,24 @@ class Verifier:
         return Verification(name, score, threshold, bool(llr >= self._llr_threshold), llr, seconds)
 
     @property
+    def duration(self):
+        """The duration-aware calibration (:class:`lightsv.duration.DurationCalibration`) of the current
+        scores: the model's for raw cosines, the cohort file's for AS-norm scores; None without one."""
+        rule = self._duration_rule
+        return None if rule is None else rule[0]
+
+    @property
+    def _llr_threshold(self) -> float | None:
+        rule = self._duration_rule
+        return None if rule is None else rule[1]
+
+    @property
+    def _duration_rule(self) -> tuple[Any, float] | None:
+        return self._raw_duration if self._cohort is None else self._cohort_duration
+
+    @property
     def _uses_llr(self) -> bool:
-        return self.duration is not None and self.threshold_override is None and self._cohort is None
+        return self.duration is not None and self.threshold_override is None
 
     def stream(
         self,
@@ -366,25 +385,45 @@ class Verifier:
 
         ``error``: the miss and false-accept rates asked of the sequential test, one number for both or
         ``(miss, false_accept)``; ``max_seconds``: the decision is forced after this much audio heard.
-        Needs the model's duration-aware calibration (ThresholdError otherwise). ``vad`` (default: the
-        verifier's, as for clips): only the stream's speech, found as it comes
-        (:class:`lightsv.speech.SpeechGate`), is embedded (a :class:`lightsv.speech.SpeechConfig`: with
-        those detector settings); a stream without speech cannot be decided (AudioError "no speech
-        found", as for a clip). Streams are scored without a cohort.
+        Needs a duration-aware calibration of the current scores (ThresholdError otherwise): the
+        model's, or with a cohort (:meth:`set_cohort`) the cohort file's, and the stream is then scored
+        with AS-norm. ``vad`` (default: the verifier's, as for clips): only the stream's speech, found as
+        it comes (:class:`lightsv.speech.SpeechGate`), is embedded (a :class:`lightsv.speech.SpeechConfig`:
+        with those detector settings); a stream without speech cannot be decided (AudioError "no speech
+        found", as for a clip).
         """
         from lightsv.streaming import StreamSession
 
-        if self.duration is None:
+        duration = self.duration
+        if duration is None:
+            if self._cohort is not None:
+                raise ThresholdError(
+                    "the cohort has no duration-aware calibration for its AS-norm scores, which streaming "
+                    "decides with; use a cohort file that has one (the shipped 'default'), calibrate one "
+                    "(python benchmarks/streaming.py --cohort FILE --calibrate-into FILE) or turn AS-norm "
+                    "off (set_cohort(None))"
+                )
             raise ThresholdError(
                 f"{self.source} has no duration-aware calibration, which streaming decides with; "
                 "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
             )
-        duration = self.duration
+        enrolled = self.speaker_embedding(name)
+        score = None
+        if self._cohort is not None:  # the cohort as it is now, whatever set_cohort does during the stream
+            members, top_n = self._cohort, self.top_n
+            m_e, s_e = _top_stats(members @ enrolled, top_n)
+
+            def score(running: np.ndarray) -> float:
+                raw = float(running @ enrolled)
+                m_t, s_t = _top_stats(members @ running, top_n)
+                return 0.5 * ((raw - m_e) / s_e + (raw - m_t) / s_t)
+
         return StreamSession(
             name,
-            self.speaker_embedding(name),
+            enrolled,
             lambda wav: self._forward([wav])[0],
             lambda score, seconds: duration.llr(score, seconds, enrolled_seconds),
+            score=score,
             min_seconds=self.min_seconds,
             max_seconds=max_seconds,
             error=error,
@@ -441,10 +480,13 @@ class Verifier:
         averaged, so the score stays symmetric. Normalised scores are on another scale than raw
         cosines: the threshold then comes from the cohort file's calibration, a checkpoint calibration
         made with AS-norm (``calibration["score_norm"] == "asnorm"``) or ``threshold=``; without one,
-        decisions raise ThresholdError.
+        decisions raise ThresholdError. A cohort file's duration-aware calibration (the shipped one has
+        one) is used as the model's is for raw cosines: ``verify`` decides on its LLR and ``stream``
+        scores with AS-norm.
         """
         # the checkpoint's own thresholds again, until a cohort file brings thresholds for its scores
         self._calibrated = _calibrated_threshold(self.calibration, self._operating_point, None, self.source)
+        self._cohort_duration = None
         if cohort is None:
             self._cohort = None
             return
@@ -478,6 +520,7 @@ class Verifier:
         self._cohort, self.top_n = array, top_n or TOP_N
         if calibration is not None:
             self._calibrated = _calibrated_threshold(calibration, self._operating_point, None, f"{cohort}")
+            self._cohort_duration = _duration_rule(calibration, self._operating_point, f"{cohort}")
 
     @property
     def cohort_size(self) -> int:
@@ -489,10 +532,8 @@ class Verifier:
         return "none" if self._cohort is None else "asnorm"
 
     def _cohort_stats(self, emb: np.ndarray) -> tuple[float, float]:
-        scores = self._cohort @ emb
-        n = min(self.top_n, len(scores))
-        top = np.partition(scores, len(scores) - n)[-n:]
-        return float(top.mean()), max(float(top.std()), 1e-6)
+        assert self._cohort is not None
+        return _top_stats(self._cohort @ emb, self.top_n)
 
     @property
     def threshold(self) -> float | None:
@@ -698,9 +739,13 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
     if far is None:
         value = calibration.get("eer_threshold")
         what = "eer_threshold"
+        if value is None and calibration.get("duration") is not None:
+            return norm, None  # only the duration-aware rule (verify, stream) decides
     else:
         points = calibration.get("far_thresholds") or {}
         matches = [v for k, v in points.items() if _float_or_nan(k) == far]
+        if not matches and calibration.get("duration") is not None:
+            return norm, None
         if not matches:
             raise CheckpointError(
                 f"{source}: calibration has no threshold at far={far:g} "
@@ -710,12 +755,21 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
     return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
 
 
-def _duration_calibration(calibration, source: str):
+def _top_stats(scores: np.ndarray, top_n: int) -> tuple[float, float]:
+    """Mean and standard deviation of the ``top_n`` highest cohort scores (AS-norm's statistics)."""
+    n = min(top_n, len(scores))
+    top = np.partition(scores, len(scores) - n)[-n:]
+    return float(top.mean()), max(float(top.std()), 1e-6)
+
+
+def _duration_rule(calibration, operating_point, source: str) -> tuple[Any, float] | None:
+    """(duration calibration, its LLR threshold at the operating point) from a calibration, or None."""
     if not isinstance(calibration, dict) or calibration.get("duration") is None:
         return None
     from lightsv.duration import DurationCalibration
 
-    return DurationCalibration.from_dict(calibration["duration"], source)
+    duration = DurationCalibration.from_dict(calibration["duration"], source)
+    return duration, duration.llr_threshold(parse_operating_point(operating_point or "eer"))
 
 
 def _features(extra: dict, source: str) -> FbankConfig:

@@ -9,6 +9,7 @@ import pytest
 from test_verifier import tiny_checkpoint
 
 from lightsv import cohort
+from lightsv.audio import load as lightsv_load
 from lightsv.calibrate import calibration
 from lightsv.errors import CheckpointError, ConfigError, ThresholdError
 from lightsv.verifier import Verifier, example_clips
@@ -96,8 +97,89 @@ def test_cli_cohort_option(ckpts, tmp_path):
     assert json.loads(ok.stdout)["threshold"] == cal["eer_threshold"]
     bad = run("--cohort", str(clips["ls19"][0]), "ann", str(clips["ls19"][2]))
     assert bad.returncode == 2 and "cohort file (.npz) or 'default'" in bad.stderr and "Traceback" not in bad.stderr
-    stream = run("--cohort", "default", "--stream", "ann", str(clips["ls19"][2]))
-    assert stream.returncode == 2 and "does not apply to --stream" in stream.stderr
+    # a stream with a cohort needs the cohort's duration-aware calibration, and decides with it
+    stream = run("--cohort", str(tmp_path / "c.npz"), "--stream", "ann", str(clips["ls19"][2]))
+    assert stream.returncode == 2 and "no duration-aware calibration" in stream.stderr, stream.stderr
+    assert "Traceback" not in stream.stderr
+    cohort.write_duration(tmp_path / "c.npz", toy_duration())
+    stream = run("--cohort", str(tmp_path / "c.npz"), "--stream", "--json", "ann", str(clips["ls19"][2]))
+    assert stream.returncode == 0, stream.stderr
+    assert json.loads(stream.stdout.splitlines()[-1])["decision"] in ("accept", "reject")
+    ok = run("--cohort", str(tmp_path / "c.npz"), "--json", "ann", str(clips["ls19"][2]))
+    assert json.loads(ok.stdout)["llr"] is not None
+
+
+def toy_duration(slope: float = 2.0) -> dict:
+    """A duration calibration for AS-norm scores: LLR = slope * score, whatever the durations."""
+    from lightsv.duration import DurationCalibration
+
+    weights = (0.0, slope, 0.0, 0.0, 0.0, 0.0)
+    return DurationCalibration(weights, (0.25, 20.0), (0.25, 20.0), 2.0, {"0.01": 4.0}, {"trials": "toy"}).as_dict()
+
+
+def test_write_duration_adds_to_a_cohort_file_and_keeps_the_rest(ckpts, tmp_path):
+    path = tmp_path / "c.npz"
+    rows = members(8)
+    cal = asnorm_calibration(1.25)
+    cohort.save(path, rows, model_id="m", top_n=10, calibration=cal, source="toy")
+    cohort.write_duration(path, toy_duration())
+    saved = cohort.read(path)
+    assert saved.calibration == {**cal, "duration": toy_duration()}
+    assert (saved.model_id, saved.top_n) == ("m", 10)
+    plain = cohort.read(cohort.save(tmp_path / "d.npz", rows, model_id="m"))
+    np.testing.assert_array_equal(saved.embeddings, plain.embeddings)
+    with np.load(path) as data:
+        assert json.loads(str(data["meta"]))["source"] == "toy"
+    # a cohort without thresholds gets an AS-norm calibration holding only the duration part
+    bare = cohort.save(tmp_path / "bare.npz", rows, model_id="m")
+    cohort.write_duration(bare, toy_duration())
+    assert cohort.read(bare).calibration == {"score_norm": "asnorm", "top_n": None, "duration": toy_duration()}
+    (tmp_path / "junk.npz").write_bytes(b"not a cohort")
+    with pytest.raises(CheckpointError, match="not a lightsv cohort file"):
+        cohort.write_duration(tmp_path / "junk.npz", toy_duration())
+    assert (tmp_path / "junk.npz").read_bytes() == b"not a cohort" and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_cohort_with_a_duration_calibration_decides_verify_and_streams_on_asnorm_llrs(ckpts, tmp_path):
+    clips = example_clips()
+    with Verifier.load(ckpts[0], vad=False) as v:
+        path = cohort.save(tmp_path / "c.npz", members(v.dim), model_id=v.model_id, top_n=10)
+        v.enroll("ann", clips["ls19"][:2])
+        v.set_cohort(path)
+        with pytest.raises(ThresholdError, match="cohort has no duration-aware calibration"):
+            v.stream("ann")
+        cohort.write_duration(path, toy_duration())
+        v.set_cohort(path)
+        enrolled = v.speaker_embedding("ann")
+        r = v.verify("ann", clips["ls19"][2])
+        normed = v.score(enrolled, v.embed(clips["ls19"][2]))
+        assert r.score == pytest.approx(normed, abs=1e-5) and r.llr == pytest.approx(2.0 * r.score)
+        assert r.accept == (r.llr >= 0) and r.threshold == pytest.approx(0.0)
+        s = v.stream("ann", error=0.01)
+        v.set_cohort(None)  # an open stream keeps the cohort it was opened with
+        wav = lightsv_load(clips["ls19"][2])
+        for start in range(0, len(wav), 4000):
+            state = s.feed(wav[start : start + 4000])
+            if state.decided:
+                break
+        state = s.close() if not s.state.decided else s.state
+        v.set_cohort(path)
+        assert state.score == pytest.approx(v.score(enrolled, s.embedding), abs=1e-5)
+        assert state.score != pytest.approx(float(enrolled @ s.embedding), abs=1e-3)  # not the raw cosine
+        assert state.llr == pytest.approx(2.0 * state.score)
+        # another top_n than the calibration's: neither its thresholds nor its LLR apply
+        v.set_cohort(path, top_n=5)
+        assert v.duration is None
+        with pytest.raises(ThresholdError):
+            v.verify("ann", clips["ls19"][2])
+        # far=0.01: the LLR threshold the file carries for it
+    with Verifier.load(ckpts[0], vad=False, operating_point="far=0.01") as v:
+        v.enroll("ann", clips["ls19"][:2])
+        v.set_cohort(path)
+        r = v.verify("ann", clips["ls19"][2])
+        assert r.accept == (r.llr >= 4.0) and r.threshold == pytest.approx(2.0)
+        v.set_cohort(None)
+        assert v.duration is None and v.verify("ann", clips["ls19"][2]).llr is None  # the raw calibration again
 
 
 def test_shipped_cohort_belongs_to_the_shipped_model():
@@ -106,5 +188,18 @@ def test_shipped_cohort_belongs_to_the_shipped_model():
     saved = cohort.read("default")
     with Verifier.load(backend="onnx") as v:
         assert saved.model_id == v.model_id
+        raw = v.duration
         v.set_cohort("default")
         assert v.score_norm == "asnorm" and v.threshold == saved.calibration["eer_threshold"]
+        # fitted on AS-norm scores with this cohort (benchmarks/streaming.py --cohort default --calibrate-into)
+        assert v.duration is not None and v.duration != raw and "AS-norm" in v.duration.notes["trials"]
+        clips = example_clips()
+        v.enroll("ls19", clips["ls19"][:2])
+        same, other = v.verify("ls19", clips["ls19"][2]), v.verify("ls19", clips["ls26"][0])
+        assert same.accept and not other.accept and same.llr > 0 > other.llr
+        for clip, decision in ((clips["ls19"][2], "accept"), (clips["ls26"][0], "reject")):
+            s, wav = v.stream("ls19", error=0.05), lightsv_load(clip)
+            for start in range(0, len(wav), 1600):
+                if s.feed(wav[start : start + 1600]).decided:
+                    break
+            assert s.state.decision == decision and s.state.reason.endswith("bound")  # decided early

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from lightsv.errors import AudioError
+from lightsv.errors import AudioError, ConfigError
 from lightsv.resample import StreamResampler
 
 
@@ -42,3 +42,13 @@ def test_16k_passes_through_and_bad_rates_are_refused():
     for bad in (0, -8000, 44100.5, "48k", True):
         with pytest.raises(AudioError, match="bad sample_rate"):
             StreamResampler(bad)
+
+
+@pytest.mark.parametrize("rate", [48000, 16000])
+def test_a_flushed_resampler_refuses_more_input(rate):
+    r = StreamResampler(rate)
+    r.push(np.zeros(1000, dtype=np.float32))
+    r.flush()
+    assert r.flush().size == 0  # flushing twice adds nothing
+    with pytest.raises(ConfigError, match="flushed"):
+        r.push(np.zeros(10, dtype=np.float32))

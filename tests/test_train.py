@@ -120,6 +120,28 @@ def test_augmentation_keeps_shape_and_is_seeded():
         augment.Augmenter(augment.AugmentConfig(noise_prob=1.5))
 
 
+def test_spec_augment_masks_bands_and_spans_and_is_seeded():
+    feats = torch.randn(6, 50, 20) + 3.0
+    config = augment.AugmentConfig(spec_prob=1.0, spec_freq_width=4, spec_time_width=7)
+    runs = [augment.spec_augment(feats, config, torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert not torch.equal(feats, runs[0]) and torch.all(feats > -10)  # the input is left alone
+    for b in range(6):
+        zero = runs[0][b] == 0
+        rows, cols = zero.all(dim=1), zero.all(dim=0)  # masked frames, masked channels
+        assert 1 <= int(cols.sum()) <= 4 and 1 <= int(rows.sum()) <= 7
+        # the band and the span are contiguous, and nothing else is touched
+        assert int(cols.nonzero().max() - cols.nonzero().min()) + 1 == int(cols.sum())
+        assert int(rows.nonzero().max() - rows.nonzero().min()) + 1 == int(rows.sum())
+        keep = ~rows[:, None] & ~cols[None, :]
+        assert torch.equal(runs[0][b][keep], feats[b][keep])
+    none = augment.spec_augment(feats, augment.AugmentConfig(spec_prob=0.0), torch.Generator().manual_seed(1))
+    assert torch.equal(none, feats)
+    for bad in ({"spec_prob": 2.0}, {"spec_time_width": -1}, {"spec_freq_masks": 1.5}):
+        with pytest.raises(ConfigError):
+            augment.AugmentConfig(**bad).check()
+
+
 # ----------------------------------------------------------------------------- teacher
 
 
@@ -429,6 +451,13 @@ def test_train_is_seeded_resumes_exactly_and_evaluates(corpus, tmp_path):
     assert _same(_weights(first.model), _weights(resumed.model))
     other_seed = trainer.train(_config(corpus, seed=6), tmp_path / "d", progress=False)
     assert not _same(_weights(first.model), _weights(other_seed.model))
+    # SpecAugment's masks are drawn per batch from the seed: a resumed run draws the same ones
+    masked = trainer.train(_config(corpus, **{"augment.spec_prob": 1.0}), tmp_path / "g", progress=False)
+    assert not _same(_weights(first.model), _weights(masked.model))
+    (tmp_path / "h" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "g" / "checkpoints" / "step_0000002.pt", tmp_path / "h" / "checkpoints")
+    again = trainer.train(_config(corpus, **{"augment.spec_prob": 1.0}), tmp_path / "h", progress=False)
+    assert _same(_weights(masked.model), _weights(again.model))
     # sub-center AAM: the head the trainer keeps has three centres per class
     trainer.train(_config(corpus, **{"loss.subcenters": 3}), tmp_path / "f", progress=False)
     one, three = (torch.load(tmp_path / d / "heads.pt", weights_only=True)["aam"]["weight"] for d in "af")

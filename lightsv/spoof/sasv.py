@@ -105,7 +105,7 @@ def embed_and_score(verifier, cm: Countermeasure, clip, sample_rate: int | None 
 def verify(
     verifier, name: str, clip, *, sample_rate=None, enrolled_seconds=None, countermeasure=None
 ) -> SpoofAwareVerification:
-    threshold = verifier.decision_threshold()
+    threshold = None if verifier._uses_llr else verifier.decision_threshold()
     enrolled = verifier.speaker_embedding(name)
     cm = countermeasure_for(verifier, countermeasure)
     emb, spoof, shared, seconds = embed_and_score(verifier, cm, clip, sample_rate)
@@ -116,6 +116,7 @@ def verify(
         threshold = verifier.duration.score_at(verifier._llr_threshold, seconds, enrolled_seconds)
         speaker_ok = llr >= verifier._llr_threshold
     else:
+        assert threshold is not None
         speaker_ok = score >= threshold
     bonafide = cm.is_bonafide(spoof)
     return SpoofAwareVerification(

@@ -44,6 +44,12 @@ class AugmentConfig:
     loudness_prob: float = 0.0
     lossy_codec_prob: float = 0.0
     resample_prob: float = 0.0
+    # SpecAugment (Park et al. 2019) on the filterbank, without time warping (spec_augment below)
+    spec_prob: float = 0.0
+    spec_freq_masks: int = 1
+    spec_freq_width: int = 8  # channels, at most
+    spec_time_masks: int = 1
+    spec_time_width: int = 10  # frames, at most
 
     def check(self) -> None:
         for name in (
@@ -57,9 +63,14 @@ class AugmentConfig:
             "loudness_prob",
             "lossy_codec_prob",
             "resample_prob",
+            "spec_prob",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("spec_freq_masks", "spec_freq_width", "spec_time_masks", "spec_time_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"augment.{name} must be a whole number >= 0, got {value!r}")
         if any(s <= 0 or s == 1.0 for s in self.speeds):
             raise ConfigError(f"augment.speeds must be positive factors other than 1.0, got {list(self.speeds)}")
         if self.babble_speakers[0] < 1 or self.babble_speakers[1] < self.babble_speakers[0]:
@@ -236,3 +247,28 @@ class Augmenter:
             rir = synthetic_rir(rng, rng.uniform(*self.config.rt60))
         out = fftconvolve(wav, rir)[: len(wav)]
         return (out * math.sqrt(_power(wav) / _power(out))).astype(np.float32)
+
+
+def spec_augment(feats, c: AugmentConfig, generator):
+    """SpecAugment's masks on a batch of mean-normalised filterbanks [B, T, F] (a new tensor): each crop,
+    with probability ``spec_prob``, gets ``spec_freq_masks`` bands of 1..``spec_freq_width`` channels and
+    ``spec_time_masks`` spans of 1..``spec_time_width`` frames set to 0, its mean. Masks are drawn from
+    ``generator`` (the trainer seeds it per batch, so a resumed run draws the same ones)."""
+    import torch
+
+    out = feats.clone()
+    batch, frames, channels = out.shape
+    chosen = torch.rand(batch, generator=generator) < c.spec_prob
+    for b in torch.nonzero(chosen).flatten().tolist():
+        for count, width, size, axis in (
+            (c.spec_freq_masks, c.spec_freq_width, channels, 2),
+            (c.spec_time_masks, c.spec_time_width, frames, 1),
+        ):
+            for _ in range(count):
+                w = int(torch.randint(1, max(1, min(width, size)) + 1, (1,), generator=generator)) if width else 0
+                start = int(torch.randint(0, size - w + 1, (1,), generator=generator))
+                if axis == 2:
+                    out[b, :, start : start + w] = 0.0
+                else:
+                    out[b, start : start + w, :] = 0.0
+    return out

@@ -46,7 +46,7 @@ from lightsv.features import features_for
 from lightsv.plots import det_plot
 from lightsv.spoof.data import entries as spoof_entries
 from lightsv.spoof.evaluate import asv_scores, evaluate_cm
-from lightsv.train.augment import Augmenter
+from lightsv.train.augment import Augmenter, spec_augment
 from lightsv.train.config import OptimConfig, TrainConfig, build
 from lightsv.train.distributed import Context, setup
 from lightsv.train.evaluation import evaluate
@@ -354,6 +354,8 @@ def train(
                 module.load_state_dict(heads[name])
     objective.to(ctx.device)
     fbank = features_for(model, c.features).to(ctx.device)
+    if c.augment.spec_prob > 0 and getattr(model, "input_kind", "fbank") != "fbank":
+        raise ConfigError("augment.spec_prob masks filterbank features; this model takes the waveform")
     if cm_teacher is not None:
         cm_teacher.to(ctx.device)
     ddp = nn.parallel.DistributedDataParallel(objective) if ctx.world > 1 else objective
@@ -507,6 +509,9 @@ def train(
                 feats, _ = fbank(wav.to(ctx.device))
                 if cm_teacher is not None:
                     targets, weights = cm_teacher(feats)[:, 0], torch.ones(len(feats))
+                if c.augment.spec_prob > 0:  # after the teacher: it judges the audio, not the masks
+                    seed = mix_seed(c.seed, epoch, state["batch"], ctx.rank, 0x5EC)
+                    feats = spec_augment(feats, c.augment, torch.Generator().manual_seed(seed))
             loss, parts = ddp(feats, labels.to(ctx.device), targets.to(ctx.device), weights.to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,7 +7,9 @@ Each system uses its own standard pipeline: lightsv's Verifier on the raw clip; 
 `preprocess_wav` (volume normalisation, silence trimming) then `embed_utterance`. Accuracy, on every
 dev list: EER with a bootstrap 95 % interval and minDCF (p_target 0.01), overall and per source
 family, and EER with the test side cut to 0.25-3 s (the centre of the clip: the Arabic and word clips
-have silence around a short word; clips already shorter stay whole; enrollment stays whole).
+have silence around a short word; clips already shorter stay whole; enrollment stays whole). The
+model's embeddings are also scored with AS-norm against a cohort (``--cohort``; for the shipped model
+by default its shipped cohort), an option of the verifier: a row of its own, never the headline.
 Cost: parameters, MACs per second of audio (torch.utils.flop_counter), size on disk and the median
 latency of one 3 s clip on one thread, waveform to embedding, as ratios resemblyzer / lightsv. The
 systems are timed round-robin (one call of each per round, after all the scoring), so a change in the
@@ -29,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightsv
+from lightsv import cohort as cohorts
 from lightsv import metrics
 from lightsv.audio import central_crop
 from lightsv.data import read_trials
@@ -86,6 +89,22 @@ class Lightsv:
         return self.whole.embed(wav, sample_rate=16000)
 
 
+class LightsvAsnorm(Lightsv):
+    """The same model and embeddings scored with AS-norm against a cohort file (``set_cohort``), as
+    ``lightsv score --cohort`` and ``verify --cohort`` score. Accuracy only: the cost is the model's."""
+
+    def __init__(self, path, cohort: str):
+        super().__init__(path)
+        self.verifier.set_cohort(cohort)
+        self.name = f"lightsv {Path(path).name} + AS-norm"
+
+    def pair_scores(self, enrolled: np.ndarray, tests: np.ndarray) -> np.ndarray:
+        members, top_n = self.verifier._cohort, self.verifier.top_n
+        raw = np.einsum("nd,nd->n", enrolled, tests)
+        stats = [cohorts.top_stats(side @ members.T, top_n) for side in (enrolled, tests)]
+        return cohorts.asnorm(raw, *stats)
+
+
 class LightsvOnnx:
     """The same model exported with its filterbank (export/export_onnx.py), run by onnxruntime on
     one thread: the deployment path. Accuracy is the torch model's; only cost is measured."""
@@ -116,7 +135,9 @@ def embeddings(system, clips: list) -> np.ndarray:
 def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int) -> tuple[dict, np.ndarray]:
     files = sorted({p for t in trials for p in (t.enroll, t.test)})
     emb = dict(zip(files, embeddings(system, [root / f for f in files]), strict=True))
-    scores = np.array([float(emb[t.enroll] @ emb[t.test]) for t in trials])
+    pair = getattr(system, "pair_scores", lambda a, b: np.einsum("nd,nd->n", a, b))
+    enrolled = np.stack([emb[t.enroll] for t in trials])
+    scores = pair(enrolled, np.stack([emb[t.test] for t in trials]))
     labels = np.array([t.label for t in trials])
     names = np.array([family.get(os.path.abspath(root / t.enroll), "unknown") for t in trials])
     result = {
@@ -132,7 +153,7 @@ def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int)
     audio = {f: lightsv.audio.load(root / f) for f in tests}
     for seconds in SEGMENTS:
         cut = dict(zip(tests, embeddings(system, [central_crop(audio[f], seconds) for f in tests]), strict=True))
-        cut_scores = np.array([float(emb[t.enroll] @ cut[t.test]) for t in trials])
+        cut_scores = pair(enrolled, np.stack([cut[t.test] for t in trials]))
         result["segments"][str(seconds)] = metrics.summary(cut_scores, labels, bootstrap=bootstrap)
     return result, scores
 
@@ -157,7 +178,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=100, help="timing rounds")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--cohort",
+        help="also score the model with AS-norm against this cohort file (default: 'default', the shipped "
+        "cohort, for the shipped model; 'none': leave it out)",
+    )
     args = parser.parse_args(argv)
+    cohort = args.cohort or ("default" if args.model.resolve() == DEFAULT_MODEL.resolve() else "none")
     torch.set_num_threads(1)
     lists = {name: read_trials(args.speech / name) for name in args.lists}
     family = families(args.speech / "manifest.csv")  # keyed by absolute path
@@ -169,15 +196,17 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     curves: dict[str, dict] = {name: {} for name in lists}
     systems = (Lightsv(args.model), Resemblyzer())
-    for system in systems:
+    scored = [systems[0], *([] if cohort == "none" else [LightsvAsnorm(args.model, cohort)]), systems[1]]
+    for system in scored:
         rows[system.name] = {"lists": {}}
         for name, trials in lists.items():
             print(f"scoring {system.name} on {name} ...", file=sys.stderr)
             result, scores = accuracy(system, trials, args.speech / "wav", family, args.bootstrap)
             rows[system.name]["lists"][name] = result
             curves[name][system.name] = (scores, [t.label for t in trials])
+    for system in systems:
         rows[system.name].update(cost(system, clip))
-    ours, peer = rows.values()
+    ours, peer = rows[systems[0].name], rows[systems[1].name]
     ours["size_bytes"] = args.model.stat().st_size
     timed = {"torch": systems[0], "resemblyzer": systems[1]}
     try:
@@ -208,6 +237,7 @@ def main(argv=None) -> int:
         "timing_rounds": args.repeats,
         "clip_seconds": CLIP_SECONDS,
         "torch": torch.__version__,
+        "cohort": None if cohort == "none" else cohort,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "default_model.json").write_text(
@@ -231,7 +261,13 @@ def markdown(rows: dict, ratios: dict, meta: dict) -> str:
     lines = [
         f"Written by `{meta['command']}` for `{meta['model']}` (load average {meta['load_average_at_start']:.1f} "
         "at start). EER % [bootstrap 95 % interval]; minDCF at p_target 0.01; `EER@s`: test side cut to "
-        "its central s seconds; latency: one 3 s clip, 1 thread, waveform to embedding.",
+        "its central s seconds; latency: one 3 s clip, 1 thread, waveform to embedding."
+        + (
+            f" `+ AS-norm`: the same embeddings scored with AS-norm against the cohort `{meta['cohort']}` "
+            "(`set_cohort`, `--cohort`), an option of the verifier, not its default."
+            if meta.get("cohort")
+            else ""
+        ),
     ]
     for trial_list in meta["lists"]:
         results = {name: r["lists"][trial_list] for name, r in rows.items()}
@@ -261,6 +297,7 @@ def markdown(rows: dict, ratios: dict, meta: dict) -> str:
     lines += [
         f"| {name} | {r['params']:,} | {r['macs_per_second'] / 1e6:.1f} | {r['latency_ms']:.1f} |"
         for name, r in rows.items()
+        if "latency_ms" in r  # (the AS-norm row is the same model: its cost is the model's)
     ]
     lines += [
         "",

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 import lightsv
+from lightsv import cohort as cohorts
 from lightsv import metrics, speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.calibrate import write_calibration
@@ -141,10 +142,7 @@ class Embeddings:
         members, top_n = self.cohort
         out = []
         for start in range(0, len(rows), 4096):  # [rows, cohort] scores a block at a time
-            scores = rows[start : start + 4096] @ members.T
-            n = min(top_n, scores.shape[1])
-            top = np.partition(scores, scores.shape[1] - n, axis=1)[:, -n:]
-            out.append(np.stack([top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)], axis=1))
+            out.append(np.stack(cohorts.top_stats(rows[start : start + 4096] @ members.T, top_n), axis=1))
         return np.concatenate(out) if out else np.zeros((0, 2))
 
     def score(self, enroll: str, rows: np.ndarray, stats: np.ndarray):
@@ -153,9 +151,8 @@ class Embeddings:
         raw = rows @ self.emb[enroll]
         if self.cohort is None:
             return raw
-        m_e, s_e = self.whole_stats[enroll]
         stats = np.asarray(stats)
-        return 0.5 * ((raw - m_e) / s_e + (raw - stats[..., 0]) / stats[..., 1])
+        return cohorts.asnorm(raw, self.whole_stats[enroll], (stats[..., 0], stats[..., 1]))
 
     def _streams(self, path: Path, clip, vad) -> tuple[dict, float, float | None]:
         """Trajectories of every test clip, ms per update and the load average when they were computed."""
@@ -406,8 +403,6 @@ def main(argv=None) -> int:
     verifier = lightsv.Verifier.load(args.model, backend="auto" if args.model else "onnx", vad=False, threads=1)
     cohort = None
     if args.cohort:
-        from lightsv import cohort as cohorts
-
         try:
             saved = cohorts.read(args.cohort, verifier.model_id)
         except lightsv.LightsvError as err:
@@ -477,8 +472,6 @@ def main(argv=None) -> int:
         how += ", AS-norm scores" if cohort else ""
         cal = fit(s, y, t, en, trials=" + ".join(lists) + how)
         if cohort:
-            from lightsv import cohort as cohorts
-
             cohorts.write_duration(args.calibrate_into, cal.as_dict())
         else:
             from lightsv.checkpoint import read_checkpoint

@@ -31,6 +31,22 @@ class Cohort:
     calibration: dict | None  # thresholds for AS-norm scores with this cohort and top_n
 
 
+def top_stats(scores, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm's statistics of cohort scores [..., N]: the mean and standard deviation of the ``top_n``
+    highest along the last axis (the adaptive part: only the most similar impostors count)."""
+    scores = np.asarray(scores)
+    n = min(top_n, scores.shape[-1])
+    top = np.partition(scores, scores.shape[-1] - n, axis=-1)[..., -n:]
+    return top.mean(axis=-1), np.maximum(top.std(axis=-1), 1e-6)
+
+
+def asnorm(raw, enrolled_stats, test_stats):
+    """The AS-norm score of raw cosine(s) ``raw``: each side normalised by its (mean, std) from
+    :func:`top_stats`, and the two averaged, so the score stays symmetric."""
+    (m1, s1), (m2, s2) = enrolled_stats, test_stats
+    return 0.5 * ((raw - m1) / s1 + (raw - m2) / s2)
+
+
 def save(
     path: str | os.PathLike,
     embeddings: np.ndarray,

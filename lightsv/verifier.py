@@ -411,12 +411,11 @@ class Verifier:
         score = None
         if self._cohort is not None:  # the cohort as it is now, whatever set_cohort does during the stream
             members, top_n = self._cohort, self.top_n
-            m_e, s_e = _top_stats(members @ enrolled, top_n)
+            enrolled_stats = cohorts.top_stats(members @ enrolled, top_n)
 
             def score(running: np.ndarray) -> float:
-                raw = float(running @ enrolled)
-                m_t, s_t = _top_stats(members @ running, top_n)
-                return 0.5 * ((raw - m_e) / s_e + (raw - m_t) / s_t)
+                test_stats = cohorts.top_stats(members @ running, top_n)
+                return float(cohorts.asnorm(float(running @ enrolled), enrolled_stats, test_stats))
 
         return StreamSession(
             name,
@@ -465,8 +464,7 @@ class Verifier:
         raw = float(np.dot(enrolled, test))
         if self._cohort is None:
             return raw
-        (m1, s1), (m2, s2) = self._cohort_stats(enrolled), self._cohort_stats(test)
-        return 0.5 * ((raw - m1) / s1 + (raw - m2) / s2)
+        return float(cohorts.asnorm(raw, self._cohort_stats(enrolled), self._cohort_stats(test)))
 
     def set_cohort(
         self, cohort, *, top_n: int | None = None, sample_rate: int | None = None, batch_size: int = 16
@@ -533,7 +531,8 @@ class Verifier:
 
     def _cohort_stats(self, emb: np.ndarray) -> tuple[float, float]:
         assert self._cohort is not None
-        return _top_stats(self._cohort @ emb, self.top_n)
+        mean, std = cohorts.top_stats(self._cohort @ emb, self.top_n)
+        return float(mean), float(std)
 
     @property
     def threshold(self) -> float | None:
@@ -753,13 +752,6 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
             )
         value, what = matches[0], f"far_thresholds[{far:g}]"
     return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
-
-
-def _top_stats(scores: np.ndarray, top_n: int) -> tuple[float, float]:
-    """Mean and standard deviation of the ``top_n`` highest cohort scores (AS-norm's statistics)."""
-    n = min(top_n, len(scores))
-    top = np.partition(scores, len(scores) - n)[-n:]
-    return float(top.mean()), max(float(top.std()), 1e-6)
 
 
 def _duration_rule(calibration, operating_point, source: str) -> tuple[Any, float] | None:

@@ -203,3 +203,16 @@ def test_shipped_cohort_belongs_to_the_shipped_model():
                 if s.feed(wav[start : start + 1600]).decided:
                     break
             assert s.state.decision == decision and s.state.reason.endswith("bound")  # decided early
+
+
+def test_asnorm_statistics_by_hand_and_row_by_row():
+    scores = np.array([0.1, 0.5, 0.3, 0.9, -0.2])
+    mean, std = cohort.top_stats(scores, 3)  # the three highest: 0.9, 0.5, 0.3
+    assert mean == pytest.approx(np.mean([0.9, 0.5, 0.3])) and std == pytest.approx(np.std([0.9, 0.5, 0.3]))
+    assert cohort.top_stats(scores, 50)[0] == pytest.approx(scores.mean())  # top_n beyond the cohort: all of it
+    assert cohort.asnorm(0.7, (0.2, 0.5), (0.4, 0.1)) == pytest.approx(0.5 * (1.0 + 3.0))
+    rows = np.random.default_rng(1).standard_normal((4, 9))
+    means, stds = cohort.top_stats(rows, 4)
+    for row, m, s in zip(rows, means, stds, strict=True):
+        assert (m, s) == pytest.approx(cohort.top_stats(row, 4))
+    assert cohort.top_stats(np.zeros(5), 3)[1] > 0  # a flat cohort does not divide by zero

@@ -20,6 +20,8 @@ SAMPLE_RATE = 16000
 MAX_SECONDS = 600.0
 #: Default shortest input, in seconds; models that need more context pass a larger ``min_seconds``.
 MIN_SECONDS = 0.1
+#: Highest input sample rate accepted (384 kHz: the top of studio audio).
+MAX_RATE = 384_000
 
 # Leading bytes of the containers soundfile reads: a file that starts like one of these but fails to
 # open has a corrupt header, anything else is not audio at all.
@@ -62,6 +64,10 @@ def info(path: str | os.PathLike) -> sf._SoundFileInfo:
     if os.path.getsize(path) == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeError:  # libsndfile takes UTF-8 names; its error would call the file corrupt
+        raise AudioError(f"{name}: the file name is not valid UTF-8 (the audio decoder needs it); rename it") from None
+    try:
         return sf.info(os.fspath(path))
     except Exception as exc:
         problem = _open_problem(path)
@@ -88,6 +94,7 @@ def load(
         rate = meta.samplerate
         _check_truncation(source, meta, name)
         _check_duration(meta.frames, rate, name, min_seconds, max_seconds)
+        _check_rate(rate, name)
         try:
             # frames= caps the read, in case the header under-reports the length.
             cap = int(max_seconds * rate) + 1 if math.isfinite(max_seconds) else -1
@@ -113,6 +120,24 @@ def load(
         g = math.gcd(rate, SAMPLE_RATE)
         x = resample_poly(x, SAMPLE_RATE // g, rate // g)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def chunk(samples, what: str = "stream samples") -> np.ndarray:
+    """One chunk of a stream as float32 mono: 1-D (or [N, 1] / [1, N]) float samples, all finite.
+    Streams take no integer PCM (scale it: samples / 32768), so a chunk is never scaled silently."""
+    wav = np.asarray(samples)
+    if wav.ndim == 2 and 1 in wav.shape:
+        wav = wav.reshape(-1)
+    if wav.ndim != 1:
+        raise AudioError(f"{what} must be one channel, 1-D; got shape {wav.shape}")
+    if wav.dtype.kind not in "fiu":
+        raise AudioError(f"{what} must be numbers, got dtype {wav.dtype}")
+    if wav.dtype.kind in "iu":
+        raise AudioError(f"{what} must be float in [-1, 1] (convert integer PCM: samples / 32768)")
+    wav = wav.astype(np.float32, copy=False)
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{what} contain NaN or infinite values")
+    return wav
 
 
 def _as_array(source) -> tuple[str, np.ndarray]:
@@ -150,7 +175,15 @@ def _rate(sample_rate, name: str) -> int:
         ok = False
     if not ok:
         raise AudioError(f"{name}: bad sample_rate {sample_rate!r} (need a positive integer)")
-    return int(sample_rate)
+    return _check_rate(int(sample_rate), name)
+
+
+def _check_rate(rate: int, name: str) -> int:
+    # resample_poly's filter grows with the rate's ratio to 16 kHz: a header claiming 10 MHz would
+    # ask for gigabytes
+    if rate > MAX_RATE:
+        raise AudioError(f"{name}: sample rate {rate} Hz is above the {MAX_RATE} Hz supported")
+    return rate
 
 
 def _check_duration(frames: int, rate: int, name: str, min_seconds: float, max_seconds: float) -> None:

@@ -281,6 +281,11 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.stream and (args.threshold is not None or args.operating_point):
+        raise ConfigError(
+            "--threshold and --operating-point do not apply to --stream: the stream decides at the "
+            "miss and false-accept rates of --error"
+        )
     if args.stream:
         from lightsv.streaming import run_stream_command
 

@@ -62,7 +62,14 @@ def save(
         raise ConfigError(f"a cohort needs an [N >= 2, D] embedding array, got shape {rows.shape}")
     if calibration is not None and calibration.get("score_norm") != "asnorm":
         raise ConfigError("a cohort's calibration must be made on AS-norm scores (score_norm 'asnorm')")
-    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if not np.isfinite(rows).all() or not (norms > 0).all() or not np.isfinite(norms).all():
+        raise ConfigError("cohort embeddings must be finite and non-zero")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
+        raise ConfigError(f"top_n must be an integer >= 2 or None, got {top_n!r}")
+    rows = rows / norms
+    if float(np.ptp(rows, axis=0).max()) < 1e-6:
+        raise ConfigError("a cohort needs different embeddings: these are all the same")
     meta = {"format": FORMAT, "model_id": model_id, "top_n": top_n, "calibration": calibration, **notes}
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -75,8 +82,14 @@ def save(
 def write_duration(path: str | os.PathLike, duration: dict) -> Path:
     """Store a duration-aware calibration fitted on AS-norm scores with this cohort
     (:mod:`lightsv.duration`, ``as_dict()``) in the cohort file, beside its thresholds."""
+    from lightsv.duration import DurationCalibration
+
     path = read_path(path)
     saved = read(path)
+    try:  # checked before the file is replaced: a bad one would make the cohort unreadable
+        DurationCalibration.from_dict(duration, "the duration calibration to write")
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
     with np.load(path, allow_pickle=False) as data:
         rows, meta = data["embeddings"], json.loads(str(data["meta"]))
     calibration = dict(saved.calibration or {"score_norm": "asnorm", "top_n": saved.top_n})
@@ -116,6 +129,19 @@ def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
             f"{path}: cohort made with model {meta.get('model_id')}, not this model ({model_id}); "
             "build one with this model (recipes/voxceleb/local/make_cohort.py)"
         )
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    top_n = meta.get("top_n")
-    return Cohort(rows, str(meta.get("model_id")), None if top_n is None else int(top_n), meta.get("calibration"))
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        raise CheckpointError(f"{path}: the cohort holds zero embeddings")
+    rows /= norms
+    if float(np.ptp(rows, axis=0).max()) < 1e-6:  # AS-norm would divide by a spread of zero
+        raise CheckpointError(f"{path}: the cohort's embeddings are all the same")
+    top_n, calibration = meta.get("top_n"), meta.get("calibration")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
+        raise CheckpointError(f"{path}: bad top_n {top_n!r} (an integer >= 2, or null)")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise CheckpointError(f"{path}: the cohort's calibration is a {type(calibration).__name__}, not a mapping")
+    if calibration is not None and calibration.get("top_n", top_n) != top_n:
+        raise CheckpointError(
+            f"{path}: its calibration was made with top_n {calibration.get('top_n')!r}, the file says {top_n!r}"
+        )
+    return Cohort(rows, str(meta.get("model_id")), top_n, calibration)

@@ -113,6 +113,10 @@ class DurationCalibration:
                 raise ValueError("wrong number of weights or range ends")
             if not all(math.isfinite(v) for v in values) or min(*test_range, *enroll_range) <= 0:
                 raise ValueError("non-finite weights or non-positive durations")
+            if test_range[0] > test_range[1] or enroll_range[0] > enroll_range[1]:
+                raise ValueError("a duration range runs backwards")
+            if not all(0 < float(k) < 1 and math.isfinite(v) for k, v in far_llr.items()):
+                raise ValueError(f"far_llr needs rates in (0, 1) and finite LLRs, got {far_llr}")
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: bad duration calibration ({err})") from None
         notes = {k: v for k, v in data.items() if k not in _KEYS}

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from lightsv.audio import SAMPLE_RATE, _rate
+from lightsv.audio import SAMPLE_RATE, _rate, chunk
 from lightsv.errors import ConfigError
 
 
@@ -54,9 +54,10 @@ class StreamResampler:
         """Resample the next chunk; returns the output samples whose input is complete."""
         if self._flushed:  # the zeros flush() assumed after the end would sit between the two parts
             raise ConfigError("this StreamResampler was flushed (its input ended); start a new one")
+        wav = chunk(samples)
         if self._same:
-            return np.asarray(samples, dtype=np.float32).reshape(-1)
-        x = np.asarray(samples, dtype=np.float64).reshape(-1)
+            return wav
+        x = wav.astype(np.float64)
         buf = np.concatenate([self._history, x])
         start = self._seen - (self._taps - 1)  # input index of buf[0]
         self._seen += len(x)

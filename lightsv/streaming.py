@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightsv.audio import SAMPLE_RATE
+from lightsv.audio import SAMPLE_RATE, chunk
 from lightsv.errors import AudioError, ConfigError
 from lightsv.resample import StreamResampler
 from lightsv.speech import SpeechConfig, SpeechGate
@@ -169,11 +169,13 @@ class StreamSession:
         vad: bool | SpeechConfig = True,
         sample_rate: int = SAMPLE_RATE,
     ):
+        if config is not None and not isinstance(config, StreamConfig):
+            raise ConfigError(f"config must be a StreamConfig, got {type(config).__name__}")
         self.config = config or StreamConfig()
         # a microphone at 44.1 or 48 kHz: resampled as it comes, to what loading the clip would give
         self._resampler = None if sample_rate == SAMPLE_RATE else StreamResampler(sample_rate)
-        if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
-            raise ConfigError(f"max_seconds must be a positive number, got {max_seconds!r}")
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not 0 < max_seconds < math.inf:
+            raise ConfigError(f"max_seconds must be a positive finite number, got {max_seconds!r}")
         self.miss, self.false_accept = error_rates(error)
         self.reject_bound, self.accept_bound = sprt_bounds(self.miss, self.false_accept)
         self.speaker = speaker
@@ -188,6 +190,10 @@ class StreamSession:
         self._hop = int(round(self.config.hop_seconds * SAMPLE_RATE))
         self._block = int(round(self.config.block_seconds * SAMPLE_RATE))
         self._context = int(round(self.config.context_seconds * SAMPLE_RATE))
+        if self._context + self._block < self._min:  # a block could never be embedded, nor folded
+            raise ConfigError(
+                f"block_seconds + context_seconds must be at least the model's minimum of {min_seconds:g} s"
+            )
         self._gate = None if vad is False else SpeechGate(vad if isinstance(vad, SpeechConfig) else STREAM_SPEECH)
         # [context of the previous block | current block] of embedded audio; never grows past this.
         self._buffer = np.zeros(self._context + self._block, dtype=np.float32)
@@ -204,6 +210,7 @@ class StreamSession:
         self._state = StreamState(speaker, 0.0, None, None, "undecided")
         self._running = np.zeros_like(self._enrolled)
         self.updates = 0  # embeddings computed (the cost counter the tests read)
+        self._ended = False
 
     @property
     def state(self) -> StreamState:
@@ -218,10 +225,14 @@ class StreamSession:
         """Add mono samples (float in [-1, 1], any length, at the session's ``sample_rate``) and return
         the running state.
 
-        Once decided, the decision stands and further audio is ignored."""
-        wav = _samples(samples)
+        Once decided, the decision stands and further audio is ignored; a stream that ended without
+        one (``close()`` or max_seconds with no speech: AudioError) is over, and feeding it is a
+        ConfigError."""
+        wav = chunk(samples)
         if self._state.decided:
             return self._state
+        if self._ended:
+            raise ConfigError("this stream has ended (close() or max_seconds) without a decision; start a new one")
         if self._resampler is not None:
             wav = self._resampler.push(wav)
         return self._push(wav)
@@ -294,6 +305,7 @@ class StreamSession:
                 self._update(self._heard + pos if heard is None else heard, speech, sure)
 
     def _end(self, reason: str) -> None:
+        self._ended = True  # even if no decision comes below: the resampler and the gate have flushed
         if self._resampler is not None:  # the few ms the resampler still holds
             tail, self._resampler = self._resampler.flush(), None
             if self._heard < self._max:
@@ -361,22 +373,6 @@ class StreamSession:
             seconds=self._heard / SAMPLE_RATE,
             speech_seconds=self._speech_seconds(),
         )
-
-
-def _samples(samples) -> np.ndarray:
-    wav = np.asarray(samples)
-    if wav.ndim == 2 and 1 in wav.shape:
-        wav = wav.reshape(-1)
-    if wav.ndim != 1:
-        raise AudioError(f"stream samples must be one channel, 1-D; got shape {wav.shape}")
-    if wav.dtype.kind not in "fiu":
-        raise AudioError(f"stream samples must be numbers, got dtype {wav.dtype}")
-    if wav.dtype.kind in "iu":
-        raise AudioError("stream samples must be float in [-1, 1] (convert integer PCM: samples / 32768)")
-    wav = wav.astype(np.float32, copy=False)
-    if not np.isfinite(wav).all():
-        raise AudioError("stream samples contain NaN or infinite values")
-    return wav
 
 
 # ---------------------------------------------------------------------- lightsv verify --stream

@@ -48,7 +48,7 @@ from lightsv import speech
 from lightsv.audio import SAMPLE_RATE
 from lightsv.audio import info as audio_info
 from lightsv.audio import load as load_audio
-from lightsv.errors import CheckpointError, ConfigError, LightsvError, ThresholdError, UnknownSpeakerError
+from lightsv.errors import AudioError, CheckpointError, ConfigError, LightsvError, ThresholdError, UnknownSpeakerError
 from lightsv.runtime import DEFAULT_ONNX, OnnxModel, check_threads
 from lightsv.search import SpeakerIndex
 from lightsv.store import Enrollment, EnrollmentStore, InvalidEnrollmentError
@@ -259,7 +259,13 @@ class Verifier:
 
     def _forward(self, wavs: list[np.ndarray]) -> np.ndarray:
         # embed_batch repeats short clips on the torch path; the onnx backend gets the same input.
-        return self.backend.embed(wavs if isinstance(self.backend, TorchModel) else repeat_short(wavs))
+        emb = self.backend.embed(wavs if isinstance(self.backend, TorchModel) else repeat_short(wavs))
+        if not np.isfinite(emb).all():  # finite samples far outside [-1, 1] overflow the filterbank
+            peak = max(float(np.abs(w).max()) if len(w) else 0.0 for w in wavs)
+            raise AudioError(
+                f"the audio does not embed to finite numbers (peak sample {peak:.3g}; samples are floats in [-1, 1])"
+            )
+        return emb
 
     # ------------------------------------------------------------------ enrollment
 
@@ -325,6 +331,7 @@ class Verifier:
         ``countermeasure=`` a path or :class:`lightsv.spoof.Countermeasure`) and rejects a clip judged
         spoofed whatever its speaker score: a :class:`lightsv.spoof.sasv.SpoofAwareVerification`.
         """
+        enrolled_seconds = _enrolled_seconds(enrolled_seconds)
         if spoof_check:
             from lightsv.spoof import sasv
 
@@ -407,6 +414,7 @@ class Verifier:
                 f"{self.source} has no duration-aware calibration, which streaming decides with; "
                 "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
             )
+        enrolled_seconds = _enrolled_seconds(enrolled_seconds)
         enrolled = self.speaker_embedding(name)
         score = None
         if self._cohort is not None:  # the cohort as it is now, whatever set_cohort does during the stream
@@ -515,6 +523,8 @@ class Verifier:
             array = self.embed_many(clips, sample_rate=sample_rate, batch_size=batch_size)
         if len(array) < 2:
             raise ConfigError(f"a cohort needs at least 2 members, got {len(array)}")
+        if float(np.ptp(array, axis=0).max()) < 1e-6:  # AS-norm would divide by a spread of zero
+            raise ConfigError("a cohort needs different embeddings: these are all the same")
         self._cohort, self.top_n = array, top_n or TOP_N
         if calibration is not None:
             self._calibrated = _calibrated_threshold(calibration, self._operating_point, None, f"{cohort}")
@@ -742,6 +752,8 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
             return norm, None  # only the duration-aware rule (verify, stream) decides
     else:
         points = calibration.get("far_thresholds") or {}
+        if not isinstance(points, dict):
+            raise CheckpointError(f"{source}: calibration far_thresholds is a {type(points).__name__}, not a mapping")
         matches = [v for k, v in points.items() if _float_or_nan(k) == far]
         if not matches and calibration.get("duration") is not None:
             return norm, None
@@ -752,6 +764,14 @@ def _calibrated_threshold(calibration, operating_point, threshold, source) -> tu
             )
         value, what = matches[0], f"far_thresholds[{far:g}]"
     return norm, _finite(value, f"{source}: calibration {what}", CheckpointError)
+
+
+def _enrolled_seconds(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"enrolled_seconds must be a positive number of seconds or None, got {value!r}")
+    return float(value)
 
 
 def _duration_rule(calibration, operating_point, source: str) -> tuple[Any, float] | None:

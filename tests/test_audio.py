@@ -135,6 +135,25 @@ def test_bad_sample_rate(rate):
     expect_error(sine(), "array", "bad sample_rate", sample_rate=rate)
 
 
+def test_rates_above_the_supported_are_refused_before_resampling(tmp_path, monkeypatch):
+    expect_error(sine(), "array", "above the 384000 Hz supported", sample_rate=10_000_019)
+    # a header claiming 1 MHz: resampling from it would need a filter of millions of taps
+    path = tmp_path / "fast.wav"
+    sf.write(path, np.zeros(200_000, np.int16), 1_000_003)
+    monkeypatch.setattr(audio.sf, "read", lambda *a, **k: pytest.fail("decoded a file at an unsupported rate"))
+    expect_error(path, str(path), "1000003 Hz is above")
+
+
+def test_a_file_name_that_is_not_utf8_is_named_as_such(tmp_path):
+    import os
+
+    path = os.path.join(os.fsencode(tmp_path), b"bad\xff name.wav")
+    sf.write(tmp_path / "ok.wav", sine(), SAMPLE_RATE)
+    os.rename(tmp_path / "ok.wav", path)
+    message = expect_error(os.fsdecode(path), "not valid UTF-8")
+    assert "corrupt" not in message
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_array(bad):
     x = sine()

@@ -138,6 +138,12 @@ def test_missing_database_and_model_mismatch_are_one_line(capsys, model, tmp_pat
     one_line_error(
         *run(capsys, "enroll", "--db", tmp_path / "s.db", "--model", other, "x", clip)[::2], "cannot be mixed"
     )
+    # a stream decides at its --error rates: a threshold given with it would be silently ignored
+    for option in (["--threshold", "0.5"], ["--operating-point", "far=0.01"]):
+        one_line_error(
+            *run(capsys, "verify", "--db", tmp_path / "s.db", "--model", model, "--stream", *option, "x", clip)[::2],
+            "do not apply to --stream",
+        )
 
 
 def test_score_writes_scores_json_and_det_plot(capsys, model, trials, tmp_path):

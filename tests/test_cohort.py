@@ -216,3 +216,54 @@ def test_asnorm_statistics_by_hand_and_row_by_row():
     for row, m, s in zip(rows, means, stds, strict=True):
         assert (m, s) == pytest.approx(cohort.top_stats(row, 4))
     assert cohort.top_stats(np.zeros(5), 3)[1] > 0  # a flat cohort does not divide by zero
+
+
+def test_a_cohort_file_with_bad_fields_is_refused_when_read(ckpts, tmp_path):
+    rows = members(8)
+    cohort.save(tmp_path / "ok.npz", rows, model_id="m", top_n=10, calibration={"score_norm": "asnorm", "top_n": 10})
+    with np.load(tmp_path / "ok.npz") as data:
+        meta = json.loads(str(data["meta"]))
+
+    def write(name, rows=rows, **changes):
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            np.savez(f, embeddings=rows.astype(np.float16), meta=np.array(json.dumps({**meta, **changes})))
+        return path
+
+    for name, changes, match in [
+        ("str.npz", {"top_n": "abc"}, "bad top_n"),
+        ("neg.npz", {"top_n": -3}, "bad top_n"),
+        ("one.npz", {"top_n": 1}, "bad top_n"),
+        ("frac.npz", {"top_n": 2.7}, "bad top_n"),
+        # thresholds measured with another top_n than the file's would be applied to other scores
+        ("mismatch.npz", {"top_n": 20}, "made with top_n 10"),
+        ("cal.npz", {"calibration": "thresholds"}, "not a mapping"),
+    ]:
+        with pytest.raises(CheckpointError, match=match):
+            cohort.read(write(name, **changes))
+    zero = rows.copy()
+    zero[3] = 0
+    with pytest.raises(CheckpointError, match="zero embeddings"):
+        cohort.read(write("zero.npz", rows=zero))
+    with pytest.raises(ConfigError, match="finite and non-zero"):
+        cohort.save(tmp_path / "z.npz", zero, model_id="m")
+    with pytest.raises(ConfigError, match="top_n"):
+        cohort.save(tmp_path / "z.npz", rows, model_id="m", top_n=1)
+    same = np.repeat(rows[:1], 5, axis=0)
+    with pytest.raises(CheckpointError, match="all the same"):
+        cohort.read(write("same.npz", rows=same))
+    with pytest.raises(ConfigError, match="all the same"):
+        cohort.save(tmp_path / "z.npz", same, model_id="m")
+    with Verifier.load(ckpts[0]) as v, pytest.raises(ConfigError, match="all the same"):
+        v.set_cohort(np.repeat(members(v.dim)[:1], 5, axis=0))
+
+
+def test_write_duration_refuses_a_bad_calibration_and_keeps_the_file(tmp_path):
+    path = cohort.save(tmp_path / "c.npz", members(8), model_id="m", top_n=10)
+    cohort.write_duration(path, toy_duration())
+    before = path.read_bytes()
+    backwards = {**toy_duration(), "test_range": [16.0, 0.25]}
+    for bad in ({"weights": "oops"}, "oops", {**toy_duration(), "weights": [float("nan")] * 6}, backwards):
+        with pytest.raises(ConfigError, match="bad duration calibration"):
+            cohort.write_duration(path, bad)
+    assert path.read_bytes() == before and cohort.read(path).calibration["duration"] == toy_duration()

@@ -81,7 +81,17 @@ def test_round_trip_and_malformed_dicts_are_checkpoint_errors():
     back = DurationCalibration.from_dict(cal.as_dict())
     assert back == cal and back.notes == {"trials": "synthetic"}
     bad = cal.as_dict()
-    for key, value in [("weights", [1.0]), ("weights", ["x"] * 6), ("kind", "gaussian"), ("test_range", [0, 1])]:
+    for key, value in [
+        ("weights", [1.0]),
+        ("weights", ["x"] * 6),
+        ("kind", "gaussian"),
+        ("test_range", [0, 1]),
+        ("test_range", [8.0, 0.5]),  # backwards: every duration would clamp to one value
+        ("enroll_range", [8.0, 0.5]),
+        ("far_llr", {"abc": 1.0}),
+        ("far_llr", {"0.01": float("nan")}),
+        ("far_llr", {"1.5": 2.0}),
+    ]:
         with pytest.raises(CheckpointError, match="bad duration calibration"):
             DurationCalibration.from_dict({**bad, key: value}, "m.pt")
     with pytest.raises(CheckpointError, match="does not increase"):

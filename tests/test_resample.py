@@ -52,3 +52,19 @@ def test_a_flushed_resampler_refuses_more_input(rate):
     assert r.flush().size == 0  # flushing twice adds nothing
     with pytest.raises(ConfigError, match="flushed"):
         r.push(np.zeros(10, dtype=np.float32))
+
+
+def test_chunks_are_checked_as_stream_chunks_are():
+    r = StreamResampler(48000)
+    for bad, match in [
+        (np.zeros((480, 2), np.float32), "one channel"),
+        (np.full(480, np.nan, np.float32), "NaN"),
+        (np.zeros(480, np.int16), "float"),
+        (np.array(["a"]), "numbers"),
+    ]:
+        with pytest.raises(AudioError, match=match):
+            r.push(bad)
+    x = np.random.default_rng(0).standard_normal(4800).astype(np.float32)
+    np.testing.assert_allclose(np.concatenate([r.push(x), r.flush()]), resample_poly(x, 1, 3), atol=2e-6)
+    with pytest.raises(AudioError, match="above the 384000 Hz supported"):
+        StreamResampler(10_000_019)

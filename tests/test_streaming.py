@@ -130,6 +130,30 @@ def test_bad_input_is_a_clear_error():
             session(**kw)
     with pytest.raises(ConfigError, match="whole number of hops"):
         StreamConfig(hop_seconds=0.3)
+    for kw, match in [
+        ({"max_seconds": math.inf}, "finite"),
+        ({"config": {"hop_seconds": 0.1}}, "StreamConfig"),
+        # a block that could never reach the model's minimum would never be embedded nor folded
+        ({"config": StreamConfig(hop_seconds=0.1, block_seconds=0.2, context_seconds=0.0)}, "minimum"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            session(**kw)
+    assert session(config=StreamConfig(hop_seconds=0.05, block_seconds=0.2, context_seconds=0.05)).feed(noise(1.0))
+
+
+def test_a_stream_that_ended_undecided_refuses_more_audio():
+    s = session(vad=True, sample_rate=44100)
+    s.feed(quiet(1.0)[: int(44100 * 0.5)])
+    with pytest.raises(AudioError, match="no speech found"):
+        s.close()
+    # its resampler has flushed: audio fed now would be taken at the wrong rate
+    with pytest.raises(ConfigError, match="ended"):
+        s.feed(noise(0.5))
+    with pytest.raises(AudioError, match="no speech found"):
+        s.close()  # closing again says the same
+    decided = session(llr=lambda sc, t: 10.0)
+    state = decided.feed(noise(1.0))
+    assert state.decision == "accept" and decided.feed(noise(1.0)) == state == decided.close()
 
 
 # ---------------------------------------------------------------------- speech-aware streams

@@ -137,9 +137,28 @@ def test_spec_augment_masks_bands_and_spans_and_is_seeded():
         assert torch.equal(runs[0][b][keep], feats[b][keep])
     none = augment.spec_augment(feats, augment.AugmentConfig(spec_prob=0.0), torch.Generator().manual_seed(1))
     assert torch.equal(none, feats)
-    for bad in ({"spec_prob": 2.0}, {"spec_time_width": -1}, {"spec_freq_masks": 1.5}):
+    for bad in ({"spec_prob": 2.0}, {"spec_time_width": -1}, {"spec_freq_masks": 1.5}, {"spec_time_masks": 10**8}):
         with pytest.raises(ConfigError):
             augment.AugmentConfig(**bad).check()
+
+
+def test_augmentation_ranges_are_checked_before_training():
+    nan, inf = float("nan"), float("inf")
+    for bad in (
+        {"noise_snr": (15.0, 0.0)},
+        {"noise_snr": (nan, 5.0)},
+        {"babble_snr": (13.0, nan)},
+        {"gain_db": (-inf, inf)},
+        {"gain_db": (1000.0, 1000.0)},
+        {"rt60": (-1.0, -0.5)},
+        {"rt60": (1e6, 1e6)},
+        {"speeds": (nan,)},
+        {"speeds": (1e-9,)},
+        {"speeds": (0.9, 1.0)},
+    ):
+        with pytest.raises(ConfigError, match="augment"):
+            augment.AugmentConfig(**bad).check()
+    augment.AugmentConfig(noise_snr=(10.0, 30.0), speeds=(0.85, 1.15), rt60=(0.2, 0.8)).check()
 
 
 # ----------------------------------------------------------------------------- teacher

@@ -208,6 +208,17 @@ def test_bad_audio_names_the_file_and_enrolls_nothing(v, tmp_path, clips):
         v.embed(np.zeros(3200, dtype=np.float32), sample_rate=16000)
     with pytest.raises(AudioError, match="no such file"):
         v.compare(clips["ls19"][0], tmp_path / "missing.flac")
+    # finite samples far outside [-1, 1] overflow the filterbank: an error, not a NaN score
+    loud = load(clips["ls19"][2]) * 1e20
+    with pytest.raises(AudioError, match=r"finite numbers \(peak sample [0-9.]+e\+19"):
+        v.embed(loud, sample_rate=16000)
+    v.enroll("erin", clips["ls19"][:1])
+    with pytest.raises(AudioError, match="finite numbers"):
+        v.compare(loud, clips["ls19"][0], sample_rate=16000)
+    for bad in ("x", float("nan"), -1.0, True):
+        with pytest.raises(ConfigError, match="enrolled_seconds"):
+            v.verify("erin", clips["ls19"][1], enrolled_seconds=bad)
+    v.delete("erin")
 
 
 def test_store_persists_across_verifiers_and_refuses_another_model(ckpt, tmp_path, clips):

@@ -69,10 +69,22 @@ class AugmentConfig:
                 raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
         for name in ("spec_freq_masks", "spec_freq_width", "spec_time_masks", "spec_time_width"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"augment.{name} must be a whole number >= 0, got {value!r}")
-        if any(s <= 0 or s == 1.0 for s in self.speeds):
-            raise ConfigError(f"augment.speeds must be positive factors other than 1.0, got {list(self.speeds)}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+                raise ConfigError(f"augment.{name} must be a whole number in [0, 1000], got {value!r}")
+        # ranges [low, high]: finite, in order and within what the augmentation can make
+        for name, lowest, highest in (
+            ("noise_snr", -30.0, 60.0),
+            ("babble_snr", -30.0, 60.0),
+            ("rt60", 0.01, 5.0),
+            ("gain_db", -40.0, 40.0),
+        ):
+            low, high = getattr(self, name)
+            if not lowest <= low <= high <= highest:
+                raise ConfigError(
+                    f"augment.{name} must be a range [low, high] within [{lowest:g}, {highest:g}], got {[low, high]}"
+                )
+        if not all(0.5 <= s <= 2.0 and s != 1.0 for s in self.speeds):
+            raise ConfigError(f"augment.speeds must be factors in [0.5, 2] other than 1.0, got {list(self.speeds)}")
         if self.babble_speakers[0] < 1 or self.babble_speakers[1] < self.babble_speakers[0]:
             raise ConfigError("augment.babble_speakers must be a range [low, high] with 1 <= low <= high")
 

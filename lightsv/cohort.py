@@ -114,8 +114,8 @@ def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
     path = read_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such cohort file")
-    try:
-        with np.load(path, allow_pickle=False) as saved:
+    try:  # our own handle: np.load leaves its file open when a truncated archive fails to parse
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as saved:
             rows = saved["embeddings"].astype(np.float32)
             meta = json.loads(str(saved["meta"]))
     except Exception as exc:  # a zip, a pickle, a truncated file: all say the same to the user

@@ -450,9 +450,11 @@ def main(argv=None) -> int:
         }
     meta = {
         "command": "python benchmarks/streaming.py"
+        + ("" if args.model is None else f" --model {_relative(str(args.model))}")
         + ("" if args.vad else " --no-vad")
         + ("" if args.stream_margin is None else f" --stream-margin {args.stream_margin:g}")
-        + ("" if args.cohort is None else f" --cohort {args.cohort}"),
+        + ("" if args.cohort is None else f" --cohort {args.cohort}")
+        + ("" if args.out == RESULTS else f" --out {_relative(str(args.out))}"),
         "vad": args.vad,
         "score_norm": "none" if cohort is None else "asnorm",
         "cohort": None if cohort is None else {"file": args.cohort, "size": len(cohort[0]), "top_n": cohort[1]},

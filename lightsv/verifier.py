@@ -135,6 +135,8 @@ class Verifier:
             extra = extra or {}
             self.backend = TorchModel(model, extra, source=source, device=device, threads=threads)
             self.model, self.fbank = self.backend.model, self.backend.fbank
+        if not isinstance(vad, (bool, np.bool_)):  # "no" would be truthy
+            raise ConfigError(f"vad must be True or False, got {vad!r}")
         self.vad = bool(vad)
         self.source = source
         self.min_seconds = float(extra.get("min_seconds", MIN_SECONDS))
@@ -415,6 +417,8 @@ class Verifier:
                 "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
             )
         enrolled_seconds = _enrolled_seconds(enrolled_seconds)
+        if vad is not None and not isinstance(vad, (bool, np.bool_, speech.SpeechConfig)):
+            raise ConfigError(f"vad must be True, False, None or a SpeechConfig, got {vad!r}")
         enrolled = self.speaker_embedding(name)
         score = None
         if self._cohort is not None:  # the cohort as it is now, whatever set_cohort does during the stream

@@ -473,6 +473,8 @@ def test_overrides_fall_back_to_raw_scores_and_streams_need_the_calibration(veri
     from lightsv.errors import ThresholdError
 
     (vs, clips) = verifiers
+    with pytest.raises(ConfigError, match="vad must be"):
+        vs["onnx"].stream("ls19", vad="no")
     with lightsv.Verifier.load(backend="onnx", vad=False, threshold=0.3) as v:
         v.enroll("ls19", clips["ls19"][:2])
         r = v.verify("ls19", clips["ls26"][0])

@@ -218,6 +218,8 @@ def test_bad_audio_names_the_file_and_enrolls_nothing(v, tmp_path, clips):
     for bad in ("x", float("nan"), -1.0, True):
         with pytest.raises(ConfigError, match="enrolled_seconds"):
             v.verify("erin", clips["ls19"][1], enrolled_seconds=bad)
+    with pytest.raises(ConfigError, match="vad must be"):
+        Verifier.load(lightsv.verifier.DEFAULT_MODEL, vad="no")
     v.delete("erin")
 
 

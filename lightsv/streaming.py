@@ -35,8 +35,9 @@ finished blocks' embeddings plus the current block's. Within the first block, wh
 are made, this is exactly the embedding of everything heard; beyond it, the average of block
 embeddings that WeSpeaker's runtime uses. Memory: one block of samples and one embedding sum.
 
-Deciding. The running cosine goes through the model's duration-aware calibration
-(:mod:`lightsv.duration`) to an LLR, and Wald's sequential-test bounds decide: accept when
+Deciding. The running cosine (AS-norm with a cohort: the verifier passes ``score``) goes through the
+duration-aware calibration of those scores (:mod:`lightsv.duration`: the model's, or the cohort
+file's) to an LLR, and Wald's sequential-test bounds decide: accept when
 ``llr >= log((1 - miss) / false_accept)``, reject when ``llr <= log(miss / (1 - false_accept))``,
 else wait. The calibrated LLR of the whole stream so far replaces Wald's sum of per-observation
 LLRs (the observations are not independent frames; the embedding already pools them), as in Vogt,

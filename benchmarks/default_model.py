@@ -89,20 +89,21 @@ class Lightsv:
         return self.whole.embed(wav, sample_rate=16000)
 
 
-class LightsvAsnorm(Lightsv):
-    """The same model and embeddings scored with AS-norm against a cohort file (``set_cohort``), as
-    ``lightsv score --cohort`` and ``verify --cohort`` score. Accuracy only: the cost is the model's."""
+def cosine_pairs(enrolled: np.ndarray, tests: np.ndarray) -> np.ndarray:
+    return np.einsum("nd,nd->n", enrolled, tests)
 
-    def __init__(self, path, cohort: str):
-        super().__init__(path)
-        self.verifier.set_cohort(cohort)
-        self.name = f"lightsv {Path(path).name} + AS-norm"
 
-    def pair_scores(self, enrolled: np.ndarray, tests: np.ndarray) -> np.ndarray:
-        members, top_n = self.verifier._cohort, self.verifier.top_n
-        raw = np.einsum("nd,nd->n", enrolled, tests)
+def asnorm_pairs(verifier, cohort: str):
+    """Pair scores with AS-norm against a cohort file, as ``set_cohort`` (``--cohort``) scores them;
+    the cohort changes scoring only, so the verifier's embeddings serve both rows."""
+    verifier.set_cohort(cohort)  # refuses a cohort made with another model
+    members, top_n = verifier._cohort, verifier.top_n
+
+    def pairs(enrolled: np.ndarray, tests: np.ndarray) -> np.ndarray:
         stats = [cohorts.top_stats(side @ members.T, top_n) for side in (enrolled, tests)]
-        return cohorts.asnorm(raw, *stats)
+        return cohorts.asnorm(cosine_pairs(enrolled, tests), *stats)
+
+    return pairs
 
 
 class LightsvOnnx:
@@ -132,30 +133,38 @@ def embeddings(system, clips: list) -> np.ndarray:
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
-def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int) -> tuple[dict, np.ndarray]:
+def accuracy(system, trials, root: Path, family: dict[str, str], bootstrap: int, scorers: dict) -> dict:
+    """{name: (result, scores)} for each of ``scorers`` ({name: pair-score function}), all on the same
+    embeddings of ``system``."""
     files = sorted({p for t in trials for p in (t.enroll, t.test)})
     emb = dict(zip(files, embeddings(system, [root / f for f in files]), strict=True))
-    pair = getattr(system, "pair_scores", lambda a, b: np.einsum("nd,nd->n", a, b))
     enrolled = np.stack([emb[t.enroll] for t in trials])
-    scores = pair(enrolled, np.stack([emb[t.test] for t in trials]))
+    whole = np.stack([emb[t.test] for t in trials])
     labels = np.array([t.label for t in trials])
     names = np.array([family.get(os.path.abspath(root / t.enroll), "unknown") for t in trials])
-    result = {
-        "overall": metrics.summary(scores, labels, bootstrap=bootstrap),
-        "families": {
-            n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap)
-            for n in sorted(set(names))
-            if 0 < labels[names == n].sum() < (names == n).sum()
-        },
-        "segments": {},
-    }
     tests = sorted({t.test for t in trials})
     audio = {f: lightsv.audio.load(root / f) for f in tests}
+    cuts = {}
     for seconds in SEGMENTS:
         cut = dict(zip(tests, embeddings(system, [central_crop(audio[f], seconds) for f in tests]), strict=True))
-        cut_scores = pair(enrolled, np.stack([cut[t.test] for t in trials]))
-        result["segments"][str(seconds)] = metrics.summary(cut_scores, labels, bootstrap=bootstrap)
-    return result, scores
+        cuts[seconds] = np.stack([cut[t.test] for t in trials])
+    out = {}
+    for name, pair in scorers.items():
+        scores = pair(enrolled, whole)
+        result = {
+            "overall": metrics.summary(scores, labels, bootstrap=bootstrap),
+            "families": {
+                n: metrics.summary(scores[names == n], labels[names == n], bootstrap=bootstrap)
+                for n in sorted(set(names))
+                if 0 < labels[names == n].sum() < (names == n).sum()
+            },
+            "segments": {
+                str(seconds): metrics.summary(pair(enrolled, cut), labels, bootstrap=bootstrap)
+                for seconds, cut in cuts.items()
+            },
+        }
+        out[name] = (result, scores)
+    return out
 
 
 def cost(system, wav: np.ndarray) -> dict:
@@ -196,14 +205,18 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     curves: dict[str, dict] = {name: {} for name in lists}
     systems = (Lightsv(args.model), Resemblyzer())
-    scored = [systems[0], *([] if cohort == "none" else [LightsvAsnorm(args.model, cohort)]), systems[1]]
-    for system in scored:
-        rows[system.name] = {"lists": {}}
+    scorers = {system: {system.name: cosine_pairs} for system in systems}
+    if cohort != "none":  # (the AS-norm row is the same model: its cost is the model's)
+        scorers[systems[0]][f"{systems[0].name} + AS-norm"] = asnorm_pairs(systems[0].verifier, cohort)
+    for system in systems:
+        for row in scorers[system]:
+            rows[row] = {"lists": {}}
         for name, trials in lists.items():
             print(f"scoring {system.name} on {name} ...", file=sys.stderr)
-            result, scores = accuracy(system, trials, args.speech / "wav", family, args.bootstrap)
-            rows[system.name]["lists"][name] = result
-            curves[name][system.name] = (scores, [t.label for t in trials])
+            results = accuracy(system, trials, args.speech / "wav", family, args.bootstrap, scorers[system])
+            for row, (result, scores) in results.items():
+                rows[row]["lists"][name] = result
+                curves[name][row] = (scores, [t.label for t in trials])
     for system in systems:
         rows[system.name].update(cost(system, clip))
     ours, peer = rows[systems[0].name], rows[systems[1].name]

@@ -40,6 +40,21 @@ def top_stats(scores, top_n: int) -> tuple[np.ndarray, np.ndarray]:
     return top.mean(axis=-1), np.maximum(top.std(axis=-1), 1e-6)
 
 
+def unit_rows(rows) -> np.ndarray:
+    """``rows`` [N, D] as unit-length float32 rows; ConfigError unless they are finite, non-zero and
+    not all the same (AS-norm would divide by a spread of zero)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if not np.isfinite(rows).all() or not np.isfinite(norms).all() or not (norms > 0).all():
+        raise ConfigError(
+            "cohort embeddings must be finite and non-zero (it holds zero embeddings or non-finite values)"
+        )
+    rows = rows / norms
+    if float(np.ptp(rows, axis=0).max()) < 1e-6:
+        raise ConfigError("a cohort needs different embeddings: these are all the same")
+    return rows
+
+
 def asnorm(raw, enrolled_stats, test_stats):
     """The AS-norm score of raw cosine(s) ``raw``: each side normalised by its (mean, std) from
     :func:`top_stats`, and the two averaged, so the score stays symmetric."""
@@ -62,14 +77,9 @@ def save(
         raise ConfigError(f"a cohort needs an [N >= 2, D] embedding array, got shape {rows.shape}")
     if calibration is not None and calibration.get("score_norm") != "asnorm":
         raise ConfigError("a cohort's calibration must be made on AS-norm scores (score_norm 'asnorm')")
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    if not np.isfinite(rows).all() or not (norms > 0).all() or not np.isfinite(norms).all():
-        raise ConfigError("cohort embeddings must be finite and non-zero")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
         raise ConfigError(f"top_n must be an integer >= 2 or None, got {top_n!r}")
-    rows = rows / norms
-    if float(np.ptp(rows, axis=0).max()) < 1e-6:
-        raise ConfigError("a cohort needs different embeddings: these are all the same")
+    rows = unit_rows(rows)
     meta = {"format": FORMAT, "model_id": model_id, "top_n": top_n, "calibration": calibration, **notes}
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -129,12 +139,10 @@ def read(path: str | os.PathLike, model_id: str | None = None) -> Cohort:
             f"{path}: cohort made with model {meta.get('model_id')}, not this model ({model_id}); "
             "build one with this model (recipes/voxceleb/local/make_cohort.py)"
         )
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    if not (norms > 0).all():
-        raise CheckpointError(f"{path}: the cohort holds zero embeddings")
-    rows /= norms
-    if float(np.ptp(rows, axis=0).max()) < 1e-6:  # AS-norm would divide by a spread of zero
-        raise CheckpointError(f"{path}: the cohort's embeddings are all the same")
+    try:
+        rows = unit_rows(rows)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     top_n, calibration = meta.get("top_n"), meta.get("calibration")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2):
         raise CheckpointError(f"{path}: bad top_n {top_n!r} (an integer >= 2, or null)")

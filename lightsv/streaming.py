@@ -195,7 +195,10 @@ class StreamSession:
             raise ConfigError(
                 f"block_seconds + context_seconds must be at least the model's minimum of {min_seconds:g} s"
             )
-        self._gate = None if vad is False else SpeechGate(vad if isinstance(vad, SpeechConfig) else STREAM_SPEECH)
+        if not isinstance(vad, (bool, np.bool_, SpeechConfig)):  # "no" would be truthy
+            raise ConfigError(f"vad must be True, False or a SpeechConfig, got {vad!r}")
+        gate = vad if isinstance(vad, SpeechConfig) else STREAM_SPEECH if vad else None
+        self._gate = None if gate is None else SpeechGate(gate)
         # [context of the previous block | current block] of embedded audio; never grows past this.
         self._buffer = np.zeros(self._context + self._block, dtype=np.float32)
         self._start = 0  # where the current block begins in the buffer (the context before it)

@@ -417,8 +417,6 @@ class Verifier:
                 "calibrate it on trials (python benchmarks/streaming.py --model M --calibrate-into CKPT)"
             )
         enrolled_seconds = _enrolled_seconds(enrolled_seconds)
-        if vad is not None and not isinstance(vad, (bool, np.bool_, speech.SpeechConfig)):
-            raise ConfigError(f"vad must be True, False, None or a SpeechConfig, got {vad!r}")
         enrolled = self.speaker_embedding(name)
         score = None
         if self._cohort is not None:  # the cohort as it is now, whatever set_cohort does during the stream
@@ -439,7 +437,7 @@ class Verifier:
             max_seconds=max_seconds,
             error=error,
             config=config,
-            vad=self.vad if vad is None else vad if isinstance(vad, speech.SpeechConfig) else bool(vad),
+            vad=self.vad if vad is None else vad,
             sample_rate=sample_rate,
         )
 
@@ -517,19 +515,12 @@ class Verifier:
                 if tensor is not None and isinstance(cohort, tensor)
                 else np.asarray(cohort)
             )
-            array = array.astype(np.float32)
-            norms = np.linalg.norm(array, axis=1, keepdims=True)
-            if not np.isfinite(array).all() or not (norms > 0).all():
-                raise ConfigError("cohort embeddings must be finite and non-zero")
-            array = array / norms
         else:
             clips = [cohort] if isinstance(cohort, (str, os.PathLike)) else list(cohort)
             array = self.embed_many(clips, sample_rate=sample_rate, batch_size=batch_size)
         if len(array) < 2:
             raise ConfigError(f"a cohort needs at least 2 members, got {len(array)}")
-        if float(np.ptp(array, axis=0).max()) < 1e-6:  # AS-norm would divide by a spread of zero
-            raise ConfigError("a cohort needs different embeddings: these are all the same")
-        self._cohort, self.top_n = array, top_n or TOP_N
+        self._cohort, self.top_n = cohorts.unit_rows(array), top_n or TOP_N
         if calibration is not None:
             self._calibrated = _calibrated_threshold(calibration, self._operating_point, None, f"{cohort}")
             self._cohort_duration = _duration_rule(calibration, self._operating_point, f"{cohort}")

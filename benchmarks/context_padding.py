@@ -5,12 +5,14 @@
 `speech_detection.md` found that clips padded with faint noise and then trimmed score better than
 the clips as recorded. This separates the two things padding changes: the frames the network reads
 and the mean the filterbank subtracts (per-utterance mean normalisation). Every clip is trimmed to
-its speech as `Verifier.load()` does, then embedded four ways (torch, one thread):
+its speech as `Verifier.load()` does, then embedded five ways (torch, one thread):
 
 - plain: the trimmed clip, as `verify` embeds it;
 - padded: 0.5 s of white noise at -60 dBFS added on each side;
 - padded, mean of the speech: the padded clip's frames, minus the mean of the unpadded clip's frames;
-- unpadded, mean of the padded clip: the unpadded clip's frames, minus the padded clip's mean.
+- unpadded, mean of the padded clip: the unpadded clip's frames, minus the padded clip's mean;
+- padded with room tone: 0.5 s of the recording's own background on each side
+  (`lightsv.speech.room_tone`: its quietest 50 ms, tiled), which needs no chosen noise level.
 
 EER change against plain in points with a paired bootstrap 95 % interval (the same trials scored
 both ways). A measurement, not a setting: `verify` does not pad.
@@ -33,22 +35,31 @@ from lightsv.audio import SAMPLE_RATE, load
 from lightsv.data import read_trials
 from lightsv.errors import AudioError
 from lightsv.features import Fbank
-from lightsv.speech import trim
+from lightsv.speech import room_tone, trim
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "data" / "speech"
 RESULTS = Path(__file__).parent / "results"
 LISTS = ["trials_dev.txt", "trials_dev_ocean.txt", "trials_dev_words.txt"]
 PAD_SECONDS, PAD_DB = 0.5, -60.0
-WAYS = ["plain", "padded", "padded, mean of the speech", "unpadded, mean of the padded clip"]
+WAYS = [
+    "plain",
+    "padded",
+    "padded, mean of the speech",
+    "unpadded, mean of the padded clip",
+    "padded with room tone",
+]
 
 
 def embeddings(wav: np.ndarray, model, fbank: Fbank, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The clip's unit embedding each of the four ways."""
+    """The clip's unit embedding each of the five ways."""
     n = int(PAD_SECONDS * SAMPLE_RATE)
     noise = lambda: (10 ** (PAD_DB / 20) * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
     padded = np.concatenate([noise(), wav, noise()])
+    tone = room_tone(wav, PAD_SECONDS)
+    room = np.concatenate([tone, wav, tone[::-1]])
     with torch.inference_mode():
+        room_feats = fbank(torch.from_numpy(room)[None])[0][0]
         plain_feats = fbank(torch.from_numpy(wav)[None])[0][0]  # [T, F], not mean-normalised
         pad_feats = fbank(torch.from_numpy(padded)[None])[0][0]
         extra = (pad_feats.shape[0] - plain_feats.shape[0]) // 2
@@ -58,6 +69,7 @@ def embeddings(wav: np.ndarray, model, fbank: Fbank, rng: np.random.Generator) -
             "padded": pad_feats - pad_feats.mean(0),
             "padded, mean of the speech": pad_feats - speech.mean(0),
             "unpadded, mean of the padded clip": plain_feats - pad_feats.mean(0),
+            "padded with room tone": room_feats - room_feats.mean(0),
         }
         out = {}
         for way, f in feats.items():
@@ -111,7 +123,8 @@ def main(argv=None) -> int:
         "",
         f"Written by `python benchmarks/context_padding.py{' --model ' + args.model if args.model else ''}` "
         f"(model {verifier.model_id}, torch, 1 thread). Clips trimmed to their speech as `Verifier.load()` does; "
-        f"padding: {PAD_SECONDS:g} s of white noise at {PAD_DB:g} dBFS on each side; 'mean': the vector the "
+        f"padding: {PAD_SECONDS:g} s of white noise at {PAD_DB:g} dBFS on each side (room tone: of the clip's "
+        "own quietest 50 ms, tiled); 'mean': the vector the "
         "per-utterance mean normalisation subtracts. EER %, and in brackets the change against plain in points "
         "with its paired bootstrap 95 % interval.",
         "",

@@ -122,7 +122,7 @@ class Embeddings:
         # the calibration fitted on the streams above, never fitted on.
         path = cache / f"stream_lead{LEAD_IN:g}{suffix}.npz"
         self.lead_in, _, _ = self._streams(path, lambda f: lead_in(raw(f), f), gate)
-        # ... and after LEAD_IN s of the recording's own background (its quietest 0.2 s, tiled)
+        # ... and after LEAD_IN s of the recording's own background (its quietest 50 ms, tiled)
         path = cache / f"stream_room{LEAD_IN:g}{suffix}.npz"
         self.room_in, _, _ = self._streams(path, lambda f: room_in(raw(f)), gate)
         # each embedding's cohort statistics, once (AS-norm needs them for both sides of every trial)
@@ -192,16 +192,9 @@ def lead_in(wav: np.ndarray, name: str) -> np.ndarray:
 
 
 def room_in(wav: np.ndarray) -> np.ndarray:
-    """``wav`` after LEAD_IN s of its own background, as a session opened in the room before the
-    speaker starts would hear: the clip's quietest 50 ms (the window whose loudest frame is the
-    quietest: short clips are mostly speech), tiled back and forth (no clicks at the joins)."""
-    energy = speech.frame_energies_db(wav)
-    hop, n = int(speech.SpeechConfig().hop_s * SAMPLE_RATE), 5
-    frames = np.lib.stride_tricks.sliding_window_view(energy, n).max(axis=1) if len(energy) > n else energy[:1]
-    start = hop * int(np.argmin(frames))
-    quiet = wav[start : start + n * hop]
-    tiles = [quiet if k % 2 == 0 else quiet[::-1] for k in range(int(LEAD_IN * SAMPLE_RATE) // len(quiet) + 1)]
-    return np.concatenate([np.concatenate(tiles)[: int(LEAD_IN * SAMPLE_RATE)], wav])
+    """``wav`` after LEAD_IN s of its own background (`lightsv.speech.room_tone`), as a session opened in
+    the room before the speaker starts would hear."""
+    return np.concatenate([speech.room_tone(wav, LEAD_IN), wav])
 
 
 def speech_heard(wav: np.ndarray, heard: np.ndarray) -> np.ndarray:
@@ -607,7 +600,7 @@ def markdown(results: dict) -> str:
         "",
         f"The same test clips after {lead['seconds']:g} s of a run-up, as when a session opens before the user "
         f"speaks: `faint`, white noise at {lead['dbfs']:g} dBFS (a quiet device); `room`, the clip's own "
-        "background (its quietest 0.2 s, tiled back and forth). Replayed with the same cross-validated "
+        "background (its quietest 50 ms, tiled back and forth). Replayed with the same cross-validated "
         "calibrations (never fitted on these). Seconds count from the session's start, run-up included; "
         "`before speech`: share of trials decided (by a bound, or forced) before any speech was found in the "
         "stream.",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightsv.audio import SAMPLE_RATE
-from lightsv.errors import AudioError
+from lightsv.errors import AudioError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,24 @@ def frame_energies_db(wav: np.ndarray, config: SpeechConfig = SpeechConfig()) ->
     # -0.25) would otherwise be the loudest, steadiest "sound" in it and hide the speech.
     power = np.var(frames, axis=1, dtype=np.float64)
     return 10.0 * np.log10(power + 1e-12)
+
+
+def room_tone(wav: np.ndarray, seconds: float, config: SpeechConfig = SpeechConfig()) -> np.ndarray:
+    """``seconds`` of the recording's own background: its quietest 50 ms (the window whose loudest
+    frame is the quietest, so a short clip that is mostly speech still gives its pause), tiled back
+    and forth so the joins do not click."""
+    if not np.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"room_tone: seconds must be a finite number >= 0, got {seconds!r}")
+    if len(wav) == 0:
+        raise AudioError("room_tone: empty audio has no background")
+    hop, n = int(config.hop_s * SAMPLE_RATE), 5
+    energy = frame_energies_db(wav, config)
+    windows = np.lib.stride_tricks.sliding_window_view(energy, n).max(axis=1) if len(energy) > n else energy[:1]
+    start = min(hop * int(np.argmin(windows)), max(0, len(wav) - n * hop))
+    quiet = wav[start : start + n * hop]
+    total = int(round(seconds * SAMPLE_RATE))
+    tiles = [quiet if k % 2 == 0 else quiet[::-1] for k in range(total // len(quiet) + 1)]
+    return np.concatenate(tiles)[:total].astype(wav.dtype, copy=False)
 
 
 def speech_threshold(floor: float, peak: float, config: SpeechConfig = SpeechConfig()) -> float:

@@ -206,6 +206,24 @@ def test_speech_gate_keeps_what_offline_trimming_keeps_in_bounded_memory_whateve
     assert gate.speech_seconds == pytest.approx(speech.speech_seconds(wav), abs=0.05)
 
 
+def test_room_tone_is_the_recordings_quietest_background_tiled_to_length():
+    from lightsv import speech
+
+    wav = np.concatenate([talk(1.0), quiet(0.3, 7), talk(0.5, 8)])
+    tone = speech.room_tone(wav, 1.23)
+    assert tone.shape == (int(round(1.23 * SR)),) and tone.dtype == wav.dtype
+    # taken from the pause, not the speech: as faint as the quiet part, far below the talk
+    assert np.std(tone) == pytest.approx(0.001, rel=0.3)
+    # tiled back and forth: each tile joins its neighbour without a jump
+    assert np.max(np.abs(np.diff(tone))) < 0.02
+    assert speech.room_tone(wav, 0.0).size == 0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            speech.room_tone(wav, bad)
+    with pytest.raises(AudioError):
+        speech.room_tone(np.zeros(0, np.float32), 1.0)
+
+
 def test_speech_gate_passes_nothing_of_silence_or_steady_noise():
     for wav in (np.zeros(5 * SR, np.float32), quiet(5.0), noise(5.0)):
         gate, kept, held = gate_run(wav, [160])

@@ -36,6 +36,7 @@ from lightsv.data import read_trials
 from lightsv.errors import AudioError
 from lightsv.features import Fbank
 from lightsv.speech import room_tone, trim
+from lightsv.verifier import repeat_short
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "data" / "speech"
@@ -90,7 +91,6 @@ def main(argv=None) -> int:
     if not fbank.config.mean_norm:
         parser.error("the model's filterbank does not mean-normalise: nothing to separate")
     raw_fbank = Fbank(dataclasses.replace(fbank.config, mean_norm=False))
-    min_samples = int(round(verifier.min_seconds * SAMPLE_RATE))
     rng = np.random.default_rng(0)
     rows, lines = [], []
     for name in LISTS:
@@ -103,8 +103,7 @@ def main(argv=None) -> int:
                 wav = trim(wav, min_seconds=verifier.min_seconds, name=f)
             except AudioError:
                 pass  # embedded whole, as in speech_detection.py
-            if len(wav) < min_samples:
-                wav = np.tile(wav, -(-min_samples // len(wav)))[:min_samples]
+            (wav,) = repeat_short([wav])  # as verify embeds a short clip
             emb[f] = embeddings(wav.astype(np.float32), model, raw_fbank, rng)
         labels = np.array([t.label for t in trials])
         scores = {w: np.array([emb[t.enroll][w] @ emb[t.test][w] for t in trials]) for w in WAYS}

@@ -75,6 +75,7 @@ def main() -> None:
     for name, cm in cms.items():
         cm_score = {p: cm.score(p) for p in tests}
         logit = np.array([cm_score[b] for _, b, _ in trials])
+        passed = logit >= cm.threshold
         missed[name] = [
             {
                 "enroll": rel(a),
@@ -83,16 +84,13 @@ def main() -> None:
                 "cm_score": round(float(logit[i]), 3),
                 "cm_threshold": round(float(cm.threshold), 3),
                 "rejected_by": " and ".join(
-                    why
-                    for why, hit in (("countermeasure", logit[i] < cm.threshold), ("speaker score", llr[i] < 0))
-                    if hit
+                    why for why, hit in (("countermeasure", not passed[i]), ("speaker score", llr[i] < 0)) if hit
                 ),
             }
             for i, (a, b, k) in enumerate(trials)
-            if k == "target" and (logit[i] < cm.threshold or llr[i] < 0)
+            if k == "target" and (not passed[i] or llr[i] < 0)
         ]
         systems[f"score sum, {name}"] = (cosine + logit, None)
-        passed = logit >= cm.threshold
         systems[f"spoof check, {name}"] = (
             np.where(passed, cosine, cosine - GATE),
             np.where(passed, llr, np.minimum(llr, 0.0) - GATE),  # judged spoofed: rejected

@@ -516,6 +516,9 @@ def _distributed_worker(rank, world, store, config, out, paths):
         torch.save(_weights(trained.model), Path(out) / f"rank{rank}.pt")
         emb = evaluation.extract(trained.model, paths, ctx=distributed.setup("cpu"), batch_seconds=2.0)
         torch.save(emb, Path(out) / f"emb{rank}.pt")
+        # a rank that tears gloo down while the other still has its last collective in flight can abort
+        # the process ("terminate called without an active exception"): wait for both first
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

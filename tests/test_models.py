@@ -9,8 +9,8 @@ FRAMES = 64
 
 
 # The speaker backbones on fbank; "ssl" (transformers front-ends, waveform or 128-bin input, scored
-# one clip at a time rather than padded) has its own tests in test_peft.py.
-@pytest.fixture(params=sorted(name for name in MODELS if name != "ssl"))
+# one clip at a time rather than padded) has its own tests in test_peft.py, "rawnet" (waveform) below.
+@pytest.fixture(params=sorted(name for name in MODELS if name not in ("ssl", "rawnet")))
 def model(request):
     torch.manual_seed(0)
     return build_model(request.param)
@@ -99,3 +99,54 @@ def test_attentive_pooling_equals_its_definition_on_the_concatenated_context():
         got = pool(x, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got[1], pool(x[1:2])[0], atol=1e-3)  # the mask is used
+
+
+# ----------------------------------------------------------------------------- rawnet (waveform)
+
+
+def test_rawnet_reads_waveforms_and_ignores_padding():
+    torch.manual_seed(0)
+    model = build_model("rawnet", feat_dim=80).eval()
+    assert model.input_kind == "wav" and model.feat_dim == 1
+    wav = 0.1 * torch.randn(2, 8000, 1)
+    padded = wav.clone()
+    padded[1, 5001:] = 123.0  # garbage past the second row's length must not leak
+    with torch.no_grad():
+        batch = model(padded, torch.tensor([8000, 5001]))
+        alone = model(wav[1:, :5001])
+        full = model(wav[:1])
+    assert batch.shape == (2, 1) and torch.isfinite(batch).all()
+    torch.testing.assert_close(batch[1:], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch[:1], full, rtol=1e-4, atol=1e-5)
+
+
+def test_rawnet_learns_its_filter_edges():
+    torch.manual_seed(0)
+    model = build_model("rawnet", channels=[8, 8], sinc_filters=6).train()
+    out = model(0.1 * torch.randn(3, 4000, 1), torch.tensor([4000, 3000, 2000]))
+    (out * torch.randn_like(out)).sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead  # the sinc filters' cut-offs and widths included
+
+
+def test_sinc_filters_pass_their_band():
+    from lightsv.models.rawnet import SincConv
+
+    sinc = SincConv(4, 257, 16000)
+    with torch.no_grad():
+        taps = sinc.filters()
+        low, high = sinc.MIN_LOW + sinc.low.abs(), sinc.MIN_LOW + sinc.low.abs() + sinc.MIN_BAND + sinc.band.abs()
+    assert torch.allclose(taps[:, 128], torch.ones(4))  # SincNet's scaling: a unit centre tap
+    gain = torch.fft.rfft(taps, n=16000).abs()  # 1 Hz bins
+    skirt = 250  # Hz: beyond the Hamming window's main lobe (2 x 16000 / 257 Hz) on either edge
+    for k in range(4):
+        centre, below, above = int((low[k] + high[k]) / 2), int(low[k]) - skirt, int(high[k]) + skirt
+        assert below < 0 or gain[k, below] < 0.05 * gain[k, centre]
+        assert above > 8000 or gain[k, above] < 0.05 * gain[k, centre]
+
+
+def test_rawnet_bad_config():
+    with pytest.raises(lightsv.errors.ConfigError):
+        build_model("rawnet", sinc_kernel=128)
+    with pytest.raises(lightsv.errors.ConfigError):
+        build_model("rawnet", channels=[])

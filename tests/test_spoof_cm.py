@@ -118,6 +118,23 @@ def test_countermeasure_needs_a_threshold(side_cm, tmp_path):
     assert Countermeasure.load(bare, threshold=1.5).threshold == 1.5
 
 
+def test_a_waveform_countermeasure_scores_samples_and_shares_nothing(speech_clip, tmp_path):
+    clip, _ = speech_clip
+    torch.manual_seed(0)
+    model = lightsv.build_model("rawnet", channels=[8, 8], sinc_filters=6).eval()
+    lightsv.save_model(model, tmp_path / "raw.pt", calibration={"eer_threshold": 0.0})
+    cm = Countermeasure.load(tmp_path / "raw.pt", backend="torch")
+    wav = lightsv.audio.load(clip)[: 3 * 16000]
+    with torch.no_grad():
+        expected = float(model(torch.from_numpy(wav)[None, :, None])[0, 0])
+    assert cm.score(wav) == pytest.approx(expected, abs=1e-5)
+    assert cm.features is None  # no filterbank, so a verifier never tries to share a trunk pass with it
+    v = lightsv.Verifier.load(vad=False)
+    v.enroll("alice", [clip])
+    r = v.verify("alice", clip, spoof_check=True, countermeasure=cm)
+    assert not r.shared_pass and r.spoof_score == pytest.approx(cm.score(lightsv.audio.load(clip)), abs=1e-4)
+
+
 def test_spoof_check_shares_one_trunk_pass_and_rejects_spoofs(side_cm, speech_clip):
     clip, _ = speech_clip
     v = lightsv.Verifier.load(vad=False)  # whole clips, so the CM alone sees the same input

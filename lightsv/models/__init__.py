@@ -7,6 +7,7 @@ from torch import nn
 from lightsv.errors import ConfigError
 from lightsv.models.amcrn import Amcrn, AmcrnConfig, amcrn, amcrn_small
 from lightsv.models.ecapa import EcapaConfig, EcapaTdnn, ecapa_tdnn, ecapa_tdnn_1024, ecapa_tdnn_small
+from lightsv.models.rawnet import RawNet, RawNetConfig, rawnet
 from lightsv.models.resnet import ResNet, ResNetConfig, resnet18, resnet34
 from lightsv.ssl.model import ssl
 
@@ -25,6 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "amcrn": amcrn,
     "amcrn_small": amcrn_small,
+    "rawnet": rawnet,  # countermeasure from the raw waveform: learnable sinc filters, residual convs
     "ssl": ssl,  # transformers wav2vec2 / AST front-end and a light head (needs the peft extra)
     "spoof_side": spoof_side,  # countermeasure: a side network on a frozen speaker trunk (lightsv.spoof.models)
 }
@@ -42,4 +44,15 @@ def build_model(name: str, **options) -> nn.Module:
     return model
 
 
-__all__ = ["MODELS", "build_model", "Amcrn", "AmcrnConfig", "EcapaConfig", "EcapaTdnn", "ResNet", "ResNetConfig"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "Amcrn",
+    "AmcrnConfig",
+    "EcapaConfig",
+    "EcapaTdnn",
+    "RawNet",
+    "RawNetConfig",
+    "ResNet",
+    "ResNetConfig",
+]

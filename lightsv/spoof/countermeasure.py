@@ -121,18 +121,21 @@ class _TorchCM:
 
         torch.set_num_threads(check_threads(threads))
         self.model, self.extra = load_model(path, return_extra=True)
-        from lightsv.features import Fbank
+        from lightsv.features import features_for
         from lightsv.verifier import _features
 
-        self.fbank = Fbank(_features(self.extra, str(path)))
-        self.features = dataclasses.asdict(self.fbank.config)
+        config = _features(self.extra, str(path))
+        # waveform CMs (rawnet, wav2vec2) read samples: they have no filterbank to share with a verifier
+        self.front_end = features_for(self.model, config)
+        wav = getattr(self.model, "input_kind", "fbank") == "wav"
+        self.features = None if wav else dataclasses.asdict(config)
         self.trunk_id = getattr(getattr(self.model, "config", None), "trunk_id", None) or None
 
     def score(self, wav: np.ndarray) -> float:
         import torch
 
         with torch.inference_mode():
-            feats, frames = self.fbank(torch.from_numpy(wav)[None])
+            feats, frames = self.front_end(torch.from_numpy(wav)[None])
             return float(self.model(feats, frames)[0, 0])
 
 

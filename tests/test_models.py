@@ -145,6 +145,14 @@ def test_sinc_filters_pass_their_band():
         assert above > 8000 or gain[k, above] < 0.05 * gain[k, centre]
 
 
+def test_rawnet_refuses_clips_too_short_to_pool():
+    model = build_model("rawnet", channels=[8, 8], sinc_filters=6).eval()
+    with pytest.raises(lightsv.errors.AudioError, match="at least 27 samples"):
+        model(torch.zeros(1, 20, 1))
+    with pytest.raises(lightsv.errors.AudioError):
+        model(torch.zeros(2, 100, 1), torch.tensor([100, 10]))
+
+
 def test_rawnet_bad_config():
     with pytest.raises(lightsv.errors.ConfigError):
         build_model("rawnet", sinc_kernel=128)

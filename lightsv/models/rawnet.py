@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightsv.errors import ConfigError
+from lightsv.errors import AudioError, ConfigError
 from lightsv.models.pooling import AttentiveStatsPool, frame_mask
 
 
@@ -122,6 +122,10 @@ class RawNet(nn.Module):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``feats`` [B, N, 1]: samples; ``lengths`` [B]: valid samples per row."""
         wav = feats.transpose(1, 2)
+        shortest = self.config.pool ** (1 + len(self.blocks))  # one frame left after every pooling
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            if wav.shape[-1] < shortest or (lengths is not None and int(lengths.min()) < shortest):
+                raise AudioError(f"rawnet input: needs at least {shortest} samples per clip")
         x = self.sinc(wav * frame_mask(lengths, wav)).abs()
         x, lengths, mask = self._downsample(x, lengths)
         x = nn.functional.leaky_relu(self.sinc_norm(x), 0.3) * mask

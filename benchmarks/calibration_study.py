@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 from tqdm import tqdm
 
 import lightsv
 from lightsv import cohort as cohorts
 from lightsv import metrics, speech
-from lightsv.audio import SAMPLE_RATE, load
-from lightsv.duration import L2
+from lightsv.audio import SAMPLE_RATE, central_crop, load
+from lightsv.duration import design, fit_llr
+from lightsv.train.evaluation import families
 from lightsv.trials import read_trials
 from lightsv.verifier import TOP_N
 
@@ -45,21 +46,6 @@ RESULTS = Path(__file__).parent / "results"
 LISTS = ("trials_dev.txt", "trials_dev_ocean.txt", "trials_dev_words.txt")
 SEGMENTS = (0.25, 0.5, 1.0, 2.0, 3.0)
 KINDS = ("durations", "+ impostor means", "+ impostor means and spreads", "AS-norm + durations")
-
-
-def family(path: str) -> str:
-    """The source family of a clip, from its speaker id's prefix (see the speech README)."""
-    speaker = path.split("/")[0]
-    for prefix, name in (("arb", "arabic"), ("ls", "librispeech"), ("vctk", "vctk"), ("so", "speechocean762")):
-        if speaker.startswith(prefix):
-            return name
-    return "dspspeech20" if speaker.startswith("dsp") else speaker
-
-
-def centre(wav: np.ndarray, seconds: float) -> np.ndarray:
-    n = int(round(seconds * SAMPLE_RATE))
-    start = max(0, (len(wav) - n) // 2)
-    return wav[start : start + n]
 
 
 def list_rows(verifier, cohort, name: str) -> tuple[np.ndarray, list]:
@@ -83,7 +69,7 @@ def list_rows(verifier, cohort, name: str) -> tuple[np.ndarray, list]:
         if s == "whole":
             test_emb, test_stats = emb, whole_stats
         else:
-            cut = verifier.embed_many([centre(wav[f], s) for f in tests], sample_rate=SAMPLE_RATE, progress=False)
+            cut = verifier.embed_many([central_crop(wav[f], s) for f in tests], sample_rate=SAMPLE_RATE, progress=False)
             test_emb, test_stats = dict(zip(tests, cut, strict=True)), dict(zip(tests, stats(cut), strict=True))
         for t in trials:
             length = seconds[t.test] if s == "whole" else min(s, seconds[t.test])
@@ -97,33 +83,19 @@ def list_rows(verifier, cohort, name: str) -> tuple[np.ndarray, list]:
 
 
 def features(rows: np.ndarray, kind: str, ranges) -> np.ndarray:
-    """The calibration's inputs; durations clamped to the fitted ``ranges`` as lightsv.duration does."""
+    """The calibration's inputs: lightsv.duration's design (durations clamped to the fitted ``ranges``
+    as it does), then the kind's quality measures."""
     score = rows[:, 0]
     (t_lo, t_hi), (e_lo, e_hi) = ranges
-    log_t, log_e = np.log(np.clip(rows[:, 2], t_lo, t_hi)), np.log(np.clip(rows[:, 3], e_lo, e_hi))
     mean_e, std_e, mean_t, std_t = rows[:, 4], rows[:, 5], rows[:, 6], rows[:, 7]
     if kind == "AS-norm + durations":
         score = cohorts.asnorm(score, (mean_e, std_e), (mean_t, std_t))
-    cols = [np.ones_like(score), score, score * log_t, log_t, score * log_e, log_e]
+    x = design(score, np.clip(rows[:, 2], t_lo, t_hi), np.clip(rows[:, 3], e_lo, e_hi))
     if kind.startswith("+ impostor means"):
-        cols += [mean_e, mean_t]
+        x = np.column_stack([x, mean_e, mean_t])
     if kind == "+ impostor means and spreads":
-        cols += [std_e, std_t]
-    return np.stack(cols, axis=1)
-
-
-def fit(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Prior-weighted linear logistic regression (targets and non-targets at equal total weight, the
-    ridge of lightsv.duration.fit), so x @ w is an LLR."""
-    sign = np.where(labels == 1, 1.0, -1.0)
-    weight = np.where(labels == 1, 0.5 / labels.sum(), 0.5 / (1 - labels).sum())
-
-    def loss(w):
-        z = sign * (x @ w)
-        grad = x.T @ (weight * -sign * np.exp(-np.logaddexp(0, z)))
-        return float((weight * np.logaddexp(0, -z)).sum() + L2 * w @ w), grad + 2 * L2 * w
-
-    return minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+        x = np.column_stack([x, std_e, std_t])
+    return x
 
 
 def rates(llr: np.ndarray, labels: np.ndarray) -> dict:
@@ -135,7 +107,8 @@ def rates(llr: np.ndarray, labels: np.ndarray) -> dict:
 def per_family(rows: np.ndarray, trials) -> dict:
     whole = rows[rows[:, 8] == 1]
     labels = whole[:, 1]
-    fams = np.array([family(t.enroll) for t in trials])
+    family = families(SPEECH / "manifest.csv")  # keyed by absolute path
+    fams = np.array([family[os.path.abspath(SPEECH / "wav" / t.enroll)] for t in trials])
     cosine = whole[:, 0]
     norm = cohorts.asnorm(cosine, (whole[:, 4], whole[:, 5]), (whole[:, 6], whole[:, 7]))
     out = {}
@@ -167,7 +140,7 @@ def main(argv=None) -> int:
         for held in LISTS:
             train = np.concatenate([data[n][0] for n in LISTS if n != held])
             ranges = ((train[:, 2].min(), train[:, 2].max()), (train[:, 3].min(), train[:, 3].max()))
-            w = fit(features(train, kind, ranges), train[:, 1])
+            w = fit_llr(features(train, kind, ranges), train[:, 1])
             rows = data[held][0]
             llr = features(rows, kind, ranges) @ w
             whole = rows[:, 8] == 1

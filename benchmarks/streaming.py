@@ -49,7 +49,7 @@ import numpy as np
 import lightsv
 from lightsv import cohort as cohorts
 from lightsv import metrics, speech
-from lightsv.audio import SAMPLE_RATE
+from lightsv.audio import SAMPLE_RATE, central_crop
 from lightsv.calibrate import write_calibration
 from lightsv.duration import DurationCalibration, fit
 from lightsv.streaming import STREAM_SPEECH, StreamConfig, StreamSession, error_rates, sprt_bounds
@@ -70,12 +70,6 @@ CADENCE_ERRORS = (0.05, 0.1)
 #: streams also replayed with this much faint noise before the clip (a session opened before the user speaks)
 LEAD_IN, LEAD_DB = 2.0, -60.0
 LEAD_ERRORS = (0.01, 0.05)
-
-
-def centre(wav: np.ndarray, seconds: float) -> np.ndarray:
-    n = int(round(seconds * SAMPLE_RATE))
-    start = max(0, (len(wav) - n) // 2)
-    return wav[start : start + n]
 
 
 class Embeddings:
@@ -109,7 +103,7 @@ class Embeddings:
         for s in SEGMENTS:
             path = cache / f"cut{s:g}.npy"
             if not path.exists():
-                clips = [centre(wav(f), s) for f in self.tests]
+                clips = [central_crop(wav(f), s) for f in self.tests]
                 np.save(path, verifier.embed_many(clips, sample_rate=SAMPLE_RATE, progress=False))
             self.cut[s] = dict(zip(self.tests, np.load(path), strict=True))
         self.vad = vad

@@ -138,8 +138,6 @@ def fit(scores, labels, test_seconds, enroll_seconds, *, fars=(0.01, 0.001), **n
     """Fit the LLR model on scored trials (``labels`` 1 target, 0 non-target) with the seconds of
     audio behind each side. ``fars``: false-accept rates that get an LLR threshold (pooled over the
     trials' durations; rates the list cannot resolve are left out)."""
-    from scipy.optimize import minimize
-
     from lightsv import metrics
 
     s = np.asarray(scores, dtype=np.float64)
@@ -157,7 +155,26 @@ def fit(scores, labels, test_seconds, enroll_seconds, *, fars=(0.01, 0.001), **n
         raise ScoresError("labels must be 0/1 with both targets and non-targets")
     test_range = (float(t.min()), float(t.max()))
     enroll_range = (float(e.min()), float(e.max()))
-    x = design(s, t, e)
+    start = np.zeros(len(FEATURES))
+    start[1] = 1.0
+    weights = fit_llr(design(s, t, e), y, start)
+    cal = DurationCalibration(
+        tuple(float(w) for w in weights), test_range, enroll_range, float(np.median(e)), {}, dict(notes)
+    )
+    _check_increasing(cal, ScoresError, "these trials")
+    llrs = cal.llr(s, t, e)
+    n_non = y.size - n_target
+    far_llr = {str(far): metrics.threshold_at_far(llrs, y, far) for far in fars if n_non * far >= 1}
+    return DurationCalibration(cal.weights, test_range, enroll_range, cal.enroll_seconds, far_llr, dict(notes))
+
+
+def fit_llr(x: np.ndarray, labels: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """Weights ``w`` with ``x @ w`` an LLR: linear logistic regression on the rows of ``x`` (labels 1
+    target, 0 non-target), targets and non-targets at equal total weight, ridge ``L2``."""
+    from scipy.optimize import minimize
+
+    y = np.asarray(labels)
+    n_target = int(np.count_nonzero(y == 1))
     # Equal total weight per class: the fitted log-odds are then an LLR, not a posterior.
     weight = np.where(y == 1, 0.5 / n_target, 0.5 / (y.size - n_target))
     sign = np.where(y == 1, 1.0, -1.0)
@@ -168,19 +185,10 @@ def fit(scores, labels, test_seconds, enroll_seconds, *, fars=(0.01, 0.001), **n
         grad = -(x.T @ (weight * sign * _sigmoid(-z))) + 2 * L2 * w
         return value, grad
 
-    start = np.zeros(len(FEATURES))
-    start[1] = 1.0
-    result = minimize(loss, start, jac=True, method="L-BFGS-B")
+    result = minimize(loss, np.zeros(x.shape[1]) if start is None else start, jac=True, method="L-BFGS-B")
     if not np.isfinite(result.x).all():
-        raise ScoresError(f"the duration calibration did not converge ({result.message})")
-    cal = DurationCalibration(
-        tuple(float(w) for w in result.x), test_range, enroll_range, float(np.median(e)), {}, dict(notes)
-    )
-    _check_increasing(cal, ScoresError, "these trials")
-    llrs = cal.llr(s, t, e)
-    n_non = y.size - n_target
-    far_llr = {str(far): metrics.threshold_at_far(llrs, y, far) for far in fars if n_non * far >= 1}
-    return DurationCalibration(cal.weights, test_range, enroll_range, cal.enroll_seconds, far_llr, dict(notes))
+        raise ScoresError(f"the calibration did not converge ({result.message})")
+    return result.x
 
 
 def _check_increasing(cal: DurationCalibration, error: type[Exception], source: str) -> None:
